@@ -1,0 +1,36 @@
+"""The running services' addresses, kept in ``$TOMOPIPE_HOME/services.json`` by ``tomopipe up``.
+
+Other commands (``simulate``, ``backfill``, ``runs``) read it to find the services of their home.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+STATE_FILE = "services.json"
+
+
+def state_path(home: Path) -> Path:
+    return Path(home) / STATE_FILE
+
+
+def read_services(home: Path) -> dict | None:
+    """The services of this home as ``tomopipe up`` wrote them, or None when none are up."""
+    path = state_path(home)
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def write_services(home: Path, state: dict) -> None:
+    path = state_path(home)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+    os.replace(tmp, path)  # readers never see half a file
+
+
+def clear_services(home: Path) -> None:
+    state_path(home).unlink(missing_ok=True)
