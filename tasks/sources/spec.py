@@ -53,7 +53,7 @@ class ScanSpec:
     def from_dict(cls, d: dict) -> ScanSpec:
         def frames(items):
             return tuple(
-                FrameSet(f["path"], f["dataset"], None if f["indices"] is None else tuple(f["indices"]))
+                FrameSet(f["path"], f["dataset"], _indices(f["indices"]))
                 for f in items
             )
 
@@ -70,3 +70,7 @@ class ScanSpec:
             pixel_size_um=d.get("pixel_size_um"),
             extra=d.get("extra", {}),
         )
+
+
+def _indices(value) -> tuple[int, ...] | None:
+    return None if value is None else tuple(value)

@@ -1,0 +1,188 @@
+"""Every available reconstruction backend side by side on one analytic phantom dataset.
+
+    .venv/bin/python benchmarks/bench_backends.py [--quick] [--json out.json] [--threads N]
+
+Cases: 512 wide x 720 angles x 64 rows, and 2048 wide x 720 angles with a few rows (astra's CPU FBP
+is slow; it reconstructs only a subset of rows, --astra-rows). Per backend: seconds per slice, speed
+relative to astra's CPU FBP, correlation with astra and with the phantom, peak memory (growth of
+the process's resident set while it ran, and the NumPy peak from tracemalloc), and, for Fourier
+backends, the ratio to the floor of Fourier methods: one complex FFT of the 2N x 2N grid.
+Timings on a shared machine are noisy: each figure is the best of --repeat runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import threading
+import time
+import tracemalloc
+
+import numpy as np
+import psutil
+import scipy.fft
+
+from tasks.phantom import DEFAULT_FEATURES, phantom_projections, phantom_volume, scale_features
+from tasks.recon.backends import available_backends, get_backend
+
+
+class PeakRSS:
+    """Samples the resident set size in a thread; .peak_delta is the growth over the start."""
+
+    def __init__(self, interval: float = 0.002):
+        self.proc, self.interval = psutil.Process(), interval
+
+    def __enter__(self):
+        self.base = self.peak = self.proc.memory_info().rss
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        while not self.stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+        self.peak_delta = self.peak - self.base
+
+
+def fft_floor(n: int, threads: int, repeat: int = 5) -> float:
+    """Seconds for one complex64 FFT of the 2n x 2n grid (best of ``repeat``)."""
+    grid = np.zeros((2 * n, 2 * n), np.complex64)
+    grid[0, 0] = 1
+    scipy.fft.fft2(grid, workers=threads)
+    best = np.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        scipy.fft.fft2(grid, workers=threads, overwrite_x=True)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+def run_backend(backend, sinos, angles, center, repeat: int, warm_up: bool = True):
+    """(best seconds, reconstruction, peak RSS growth, tracemalloc peak)."""
+    if warm_up:  # plans, imports, caches
+        backend.reconstruct(sinos[:2], angles, center)
+    best, rec, rss, traced = np.inf, None, 0, 0
+    for _ in range(repeat):
+        tracemalloc.start()
+        with PeakRSS() as mem:
+            t0 = time.perf_counter()
+            rec = backend.reconstruct(sinos, angles, center)
+            seconds = time.perf_counter() - t0
+        traced = max(traced, tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        best, rss = min(best, seconds), max(rss, mem.peak_delta)
+    return best, rec, rss, traced
+
+
+def bench_case(n, rows, n_angles, astra_rows, threads, repeat, log):
+    angles = np.linspace(0, np.pi, n_angles, endpoint=False)
+    center = n / 2 + 0.3  # off the pixel grid on purpose
+    features = scale_features(DEFAULT_FEATURES, 512 / n)  # keep the transmission realistic
+    log(f"\n== {n} wide x {n_angles} angles x {rows} rows (astra: {astra_rows} rows) ==")
+    sinos = np.ascontiguousarray(
+        phantom_projections(n, rows, angles, center=center, features=features).transpose(1, 0, 2))
+    truth = phantom_volume(n, rows, features=features)
+    floor = fft_floor(n, threads)
+    floor_1 = fft_floor(n, 1)
+    log(f"FFT floor (complex64 {2 * n}x{2 * n}): {floor * 1e3:.2f} ms with {threads} threads, "
+        f"{floor_1 * 1e3:.2f} ms with 1")
+
+    entries = []
+    for name in available_backends("fbp"):
+        variants = [(name, {})]
+        if name == "fourier":
+            variants = [(f"fourier ({threads} threads)", {"nthreads": threads}),
+                        ("fourier (1 thread)", {"nthreads": 1})]
+        for label, options in variants:
+            backend = get_backend(name, "fbp", **options)
+            data = sinos[:astra_rows] if name.startswith("astra") and name != "astra-cuda" \
+                else sinos
+            # astra's CPU FBP is the slow reference: one run; its noise is small beside its time
+            runs = 1 if name == "astra" else repeat
+            seconds, rec, rss, traced = run_backend(backend, data, angles, center, runs,
+                                                    warm_up=name != "astra")
+            entries.append({
+                "backend": label, "name": name, "device": backend.device, "rows": data.shape[0],
+                "s_per_slice": seconds / data.shape[0], "rec": rec, "rss_peak_mb": rss / 2**20,
+                "numpy_peak_mb": traced / 2**20,
+                "threads": options.get("nthreads", threads if name == "fourier" else 1),
+            })
+            log(f"  {label}: {seconds / data.shape[0]:.4f} s/slice")
+
+    ref = next((e for e in entries if e["name"] == "astra"), None)
+    for e in entries:
+        k = e["rows"] if ref is None else min(e["rows"], ref["rows"])
+        e["corr_truth"] = correlation(e["rec"], truth[: e["rows"]])
+        if ref is not None:
+            e["vs_astra_cpu"] = ref["s_per_slice"] / e["s_per_slice"]
+            e["corr_astra"] = correlation(e["rec"][:k], ref["rec"][:k])
+        if "fourier" in e["name"]:
+            f = floor_1 if e["threads"] == 1 else floor
+            e["fft_floor_s"] = f
+            e["x_fft_floor"] = e["s_per_slice"] / f
+        del e["rec"]
+    return {"n": n, "rows": rows, "angles": n_angles, "center": center, "threads": threads,
+            "fft_floor_s": floor, "fft_floor_1thread_s": floor_1, "backends": entries}
+
+
+def print_table(case, log):
+    log(f"\n{case['n']} x {case['angles']} angles, {case['rows']} rows, centre {case['center']}")
+    head = (f"{'backend':24} {'s/slice':>9} {'x astra':>8} {'corr astra':>10} {'corr truth':>10} "
+            f"{'x FFT floor':>11} {'RSS peak MB':>11} {'numpy MB':>9}")
+    log(head)
+    log("-" * len(head))
+    for e in case["backends"]:
+        def fmt(key, spec, e=e):
+            return format(e[key], spec) if key in e else "-"
+        log(f"{e['backend']:24} {e['s_per_slice']:9.4f} {fmt('vs_astra_cpu', '8.1f')} "
+            f"{fmt('corr_astra', '10.5f')} {e['corr_truth']:10.5f} {fmt('x_fft_floor', '11.2f')} "
+            f"{e['rss_peak_mb']:11.1f} {e['numpy_peak_mb']:9.1f}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="few rows: a smoke run")
+    parser.add_argument("--json", help="write the figures as JSON to this path")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="threads for the Fourier backend and the FFT floor")
+    parser.add_argument("--repeat", type=int, default=None, help="runs per backend (best kept)")
+    parser.add_argument("--astra-rows", type=int, default=None,
+                        help="rows astra's CPU FBP reconstructs (it is slow)")
+    args = parser.parse_args(argv)
+    repeat = args.repeat or (1 if args.quick else 3)
+    cases = [(512, 8, 720, 2), (2048, 2, 720, 1)] if args.quick else \
+        [(512, 64, 720, 8), (2048, 4, 720, 1)]
+    log = print
+    log(f"backends available: {', '.join(available_backends())}; {os.cpu_count()} cores; "
+        f"load average {os.getloadavg()[0]:.2f} (shared machine: timings are noisy)")
+    results = []
+    for n, rows, n_angles, astra_rows in cases:
+        astra_rows = min(args.astra_rows or astra_rows, rows)
+        results.append(bench_case(n, rows, n_angles, astra_rows, args.threads, repeat, log))
+    for case in results:
+        print_table(case, log)
+    if args.json:
+        meta = {"python": sys.version.split()[0], "machine": platform.machine(),
+                "cores": os.cpu_count(), "load_average": os.getloadavg(), "quick": args.quick}
+        with open(args.json, "w") as fh:
+            json.dump({"meta": meta, "cases": results}, fh, indent=2)
+        log(f"\nfigures written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,281 @@
+"""The Bluesky-to-Prefect bridge: documents off the bus -> catalog -> Prefect events.
+
+Every document is written to the catalog first; only then does the bridge emit
+``bluesky.run.start`` / ``bluesky.run.stop``, so a flow woken by the event finds the run.
+A malformed document is logged and skipped. A durable ledger keeps events to one per run, and
+at start-up the bridge reconciles: open runs are rebuilt from the journal, and recent runs in
+the catalog that lack an event (they came while the bridge was down) get it.
+
+Run it as ``python -m deployments.bridge --home H`` (``tomopipe up`` does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from deployments.events import START, STOP, run_resource, start_payload, stop_payload
+from deployments.ledger import Journal, Ledger
+from tomopipe.errors import InputError
+
+log = logging.getLogger("tomopipe.bridge")
+
+# fields each document must carry before the bridge will route it
+REQUIRED = {
+    "start": ("uid", "time"),
+    "stop": ("uid", "run_start", "exit_status"),
+    "descriptor": ("uid", "run_start", "data_keys"),
+    "event": ("uid", "descriptor", "data"),
+    "event_page": ("descriptor", "data"),
+    "stream_resource": ("uid",),
+    "stream_datum": ("uid", "stream_resource", "descriptor", "indices"),
+    "resource": ("uid",),
+    "datum": ("datum_id", "resource"),
+    "datum_page": ("resource",),
+}
+
+
+class Bridge:
+    def __init__(self, writer, emit, ledger: Ledger, journal: Journal, *, beamline: str = "sim",
+                 tomo_plans=("tomo_scan",)):
+        self.writer, self.emit, self.ledger, self.journal = writer, emit, ledger, journal
+        self.beamline, self.tomo_plans = beamline, tuple(tomo_plans)
+        self._starts: dict[str, dict] = {}  # open run uid -> start document
+        self._owner: dict[str, str] = {}  # descriptor / resource uid -> run uid
+        self._seen: dict[str, set[str]] = {}  # open run uid -> document uids already handled
+        self._ignored: set[str] = set()  # runs sent again after they were handled
+        self._lock = threading.RLock()
+        self.handled = self.skipped = 0
+
+    # -- routing -----------------------------------------------------------------------------
+    def _run_of(self, name: str, doc) -> str:
+        if name not in REQUIRED:
+            raise InputError(f"document {name!r}", "unknown document name")
+        if not isinstance(doc, dict):
+            raise InputError(f"{name} document", f"expected a mapping, got {type(doc).__name__}")
+        missing = [k for k in REQUIRED[name] if k not in doc]
+        if missing:
+            raise InputError(f"{name} document {doc.get('uid', '?')}", f"missing {missing}")
+        if name == "start":
+            return str(doc["uid"])
+        if name in ("stop", "descriptor"):
+            return str(doc["run_start"])
+        if name in ("event", "event_page"):
+            key = doc["descriptor"]
+        elif name == "stream_datum":
+            key = doc["stream_resource"] if doc["stream_resource"] in self._owner \
+                else doc["descriptor"]
+        elif name in ("datum", "datum_page"):
+            key = doc["resource"]
+        else:  # stream_resource, resource
+            if doc.get("run_start"):
+                return str(doc["run_start"])
+            if len(self._starts) == 1:  # unambiguous: the one open run
+                return next(iter(self._starts))
+            raise InputError(f"{name} document {doc['uid']}", "no run_start and several runs open")
+        if key not in self._owner:
+            raise InputError(f"{name} document {doc.get('uid', '?')}",
+                             f"refers to {key}, which belongs to no open run")
+        return self._owner[key]
+
+    # -- one document ------------------------------------------------------------------------
+    def handle(self, name, doc) -> None:
+        """Persist one document and emit the events it implies. Never raises."""
+        name = getattr(name, "name", name)  # bluesky-kafka hands DocumentNames members
+        with self._lock:
+            try:
+                self._handle(name, doc)
+                self.handled += 1
+            except InputError as exc:
+                self.skipped += 1
+                log.warning("skipped a malformed document: %s", exc)
+            except Exception:
+                self.skipped += 1
+                log.exception("could not handle a %s document; the bridge goes on", name)
+
+    def _handle(self, name: str, doc) -> None:
+        uid = self._run_of(name, doc)
+        if uid in self._ignored:
+            return
+        if name == "start":
+            if uid in self._starts or self.ledger.has(uid, START):
+                log.info("run %s was sent again: ignored", uid)
+                self._ignored.add(uid)
+                return
+            self._open(uid, doc)
+        elif uid not in self._starts:
+            raise InputError(f"{name} document", f"belongs to run {uid}, which is not open")
+        doc_id = doc.get("uid") or doc.get("datum_id")
+        if doc_id is not None:
+            if doc_id in self._seen[uid]:
+                return  # the same document twice
+            self._seen[uid].add(doc_id)
+        if name in ("descriptor", "stream_resource", "resource"):
+            self._owner[doc["uid"]] = uid
+        self.journal.append(uid, name, doc)
+        self.writer.write(name, doc, uid)  # catalog first, events after
+        if name == "start":
+            self._emit(uid, START, start_payload(doc))
+        elif name == "stop":
+            self._emit(uid, STOP, stop_payload(doc))
+            self._close(uid)
+
+    def _open(self, uid: str, start: dict) -> None:
+        self._starts[uid] = start
+        self._seen[uid] = set()
+
+    def _close(self, uid: str) -> None:
+        self._starts.pop(uid, None)
+        self._seen.pop(uid, None)
+        for key in [k for k, v in self._owner.items() if v == uid]:
+            del self._owner[key]
+        self.journal.close_run(uid)
+
+    def _emit(self, uid: str, event: str, payload: dict, start: dict | None = None) -> bool:
+        if self.ledger.has(uid, event):
+            return False
+        start = start or self._starts[uid]
+        resource = run_resource(start, beamline=self.beamline, tomo_plans=self.tomo_plans)
+        self.emit(event, resource, payload)
+        self.ledger.record(uid, event)
+        log.info("emitted %s for %s", event, uid)
+        return True
+
+    # -- after a restart ---------------------------------------------------------------------
+    def resume_open_runs(self, max_age_s: float = 86400.0) -> list[str]:
+        """Rebuild runs the journal holds open, so their remaining documents land."""
+        resumed = []
+        for uid in self.journal.open_runs():
+            docs = self.journal.documents(uid)
+            if not docs or docs[0][0] != "start":
+                self.journal.close_run(uid)
+                continue
+            start = docs[0][1]
+            if time.time() - float(start.get("time", 0)) > max_age_s:
+                log.warning("dropped the journal of run %s: older than %.0f s", uid, max_age_s)
+                self.journal.close_run(uid)
+                continue
+            with self._lock:
+                self._open(uid, start)
+                for name, doc in docs:
+                    if doc.get("uid"):
+                        self._seen[uid].add(doc["uid"])
+                    if name in ("descriptor", "stream_resource", "resource"):
+                        self._owner[doc["uid"]] = uid
+                self.writer.rebuild(uid, docs)
+                self._emit(uid, START, start_payload(start))
+            resumed.append(uid)
+            log.info("resumed run %s from %d journalled documents", uid, len(docs))
+        return resumed
+
+    def reconcile(self, catalog, lookback_s: float = 86400.0) -> list[tuple[str, str]]:
+        """Emit the events missing for recent runs of the catalog; returns what it emitted."""
+        from tasks.runs import recent_runs, run_metadata
+
+        emitted = []
+        for uid in recent_runs(catalog, lookback_s):
+            if {START, STOP} <= self.ledger.events_of(uid):
+                continue
+            try:
+                start, stop = run_metadata(catalog[uid])
+            except Exception as exc:
+                log.warning("reconcile: cannot read run %s: %s", uid, exc)
+                continue
+            if not start.get("uid"):
+                continue
+            with self._lock:
+                if self._emit(uid, START, start_payload(start), start):
+                    emitted.append((uid, START))
+                if stop and uid not in self._starts and \
+                        self._emit(uid, STOP, stop_payload(stop), start):
+                    emitted.append((uid, STOP))
+        return emitted
+
+
+# -- the process -------------------------------------------------------------------------------
+def build(home: Path, *, writer_on: bool = True, kafka: dict | None = None):
+    """(bridge, subscriber, catalog) for the services of ``home``."""
+    from deployments.bus import KafkaSubscriber, ZmqSubscriber
+    from deployments.catalog_writer import CatalogWriter, NullWriter
+    from deployments.events import PrefectEmitter
+    from tasks.runs import connect_catalog, services_of
+    from tomopipe.config import load_settings
+
+    settings = load_settings(home)
+    state = services_of(home)
+    catalog = connect_catalog(state["tiled"], state.get("tiled_api_key"))
+    writer = CatalogWriter(catalog) if writer_on else NullWriter()
+    state_dir = Path(home) / "bridge"
+    bridge = Bridge(writer, PrefectEmitter(), Ledger(state_dir / "ledger.sqlite"),
+                    Journal(state_dir / "journal"), beamline=settings.beamline,
+                    tomo_plans=settings.tomo_plans)
+    if kafka:
+        subscriber = KafkaSubscriber(**kafka)
+    else:
+        subscriber = ZmqSubscriber(state["zmq_out"], state.get("zmq_serializer", "pickle"))
+    return bridge, subscriber, catalog
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deployments.bridge", description=__doc__)
+    parser.add_argument("--home", type=Path, default=None, help="TOMOPIPE_HOME of the services")
+    parser.add_argument("--no-writer", action="store_true",
+                        help="do not write documents to the catalog (a facility writer does)")
+    parser.add_argument("--kafka-bootstrap", default=None, help="use Kafka instead of 0MQ")
+    parser.add_argument("--kafka-topic", action="append", default=None)
+    parser.add_argument("--lookback", type=float, default=86400.0,
+                        help="seconds of catalog history to reconcile at start-up")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    from tasks.runs import services_of
+    from tomopipe.config import home as default_home
+
+    home = (args.home or default_home()).resolve()
+    state = services_of(home)
+    # before Prefect reads its settings: without it events go to a throw-away server
+    os.environ["PREFECT_API_URL"] = state["prefect_api"]
+    kafka = None
+    if args.kafka_bootstrap:
+        kafka = {"topics": args.kafka_topic or ["bluesky.documents"],
+                 "bootstrap_servers": args.kafka_bootstrap}
+    bridge, subscriber, catalog = build(home, writer_on=not args.no_writer, kafka=kafka)
+
+    signal.signal(signal.SIGTERM, lambda *_: subscriber.stop())
+    signal.signal(signal.SIGINT, lambda *_: subscriber.stop())
+    ready = threading.Event()
+    # the bus is drained into an unbounded queue at once: 0MQ drops messages past its high-water
+    # mark while the catalog writes lag behind a fast detector
+    inbox: queue.Queue = queue.Queue()
+    thread = threading.Thread(target=subscriber.run,
+                              args=(lambda n, d: inbox.put((n, d)), ready.set), daemon=True)
+    ready_file = home / "bridge" / "ready"
+    ready_file.unlink(missing_ok=True)
+    thread.start()  # subscribe first, so nothing sent during the reconciliation is missed
+    ready.wait(10)
+    resumed = bridge.resume_open_runs()
+    emitted = bridge.reconcile(catalog, args.lookback)
+    log.info("bridge ready on %s (resumed %d open runs, reconciled %d events)",
+             getattr(subscriber, "address", "kafka"), len(resumed), len(emitted))
+    ready_file.write_text(f"{os.getpid()} {time.time()}\n")
+    while thread.is_alive() or not inbox.empty():
+        try:
+            bridge.handle(*inbox.get(timeout=0.5))
+        except queue.Empty:
+            continue
+    from deployments.events import PrefectEmitter
+
+    PrefectEmitter.flush()
+    log.info("bridge stopped: %d documents handled, %d skipped", bridge.handled, bridge.skipped)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

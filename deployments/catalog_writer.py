@@ -1,0 +1,62 @@
+"""Persist documents into the Tiled catalog with bluesky's TiledWriter.
+
+Documents are written one by one (batch_size=1) so the catalog follows a run as frames land.
+A run resumed after a bridge restart is rebuilt: its partial node is deleted and the journal of
+its documents replayed, because TiledWriter keeps per-run state only in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
+
+
+class CatalogWriter:
+    def __init__(self, catalog, batch_size: int = 10):
+        from bluesky.callbacks.tiled_writer import TiledWriter
+
+        self.catalog = catalog
+        # events and stream datums are sent every batch_size documents (and at the stop): the
+        # catalog lags a run by at most that many frames, for far fewer requests
+        self._writer = TiledWriter(catalog, batch_size=batch_size)
+        self._open: set[str] = set()  # runs whose start this writer has seen
+
+    def knows(self, uid: str) -> bool:
+        return uid in self._open
+
+    def in_catalog(self, uid: str) -> bool:
+        try:
+            self.catalog[uid]
+        except KeyError:
+            return False
+        return True
+
+    def write(self, name: str, doc: dict, run_uid: str) -> None:
+        if name == "start":
+            self._open.add(run_uid)
+        self._writer(name, doc)
+        if name == "stop":
+            self._open.discard(run_uid)
+
+    def rebuild(self, uid: str, docs: list[tuple[str, dict]]) -> None:
+        """Write a run again from its documents so far, replacing any partial node."""
+        if self.in_catalog(uid):
+            self.catalog[uid].delete(recursive=True, external_only=False)
+        for name, doc in docs:
+            self.write(name, doc, uid)
+
+
+class NullWriter:
+    """For facilities whose own TiledWriter already persists the documents (--no-writer)."""
+
+    catalog = None
+
+    def knows(self, uid: str) -> bool:
+        return True
+
+    def write(self, name: str, doc: dict, run_uid: str) -> None:
+        pass
+
+    def rebuild(self, uid: str, docs) -> None:
+        pass

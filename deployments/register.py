@@ -1,0 +1,116 @@
+"""Register the deployments of ``prefect.yaml`` on the home's Prefect server.
+
+``register_all(settings, state)`` creates or updates each deployment (on the ``tomopipe``
+process work pool, pulled by setting the working directory to the repository root), replaces
+its trigger automations, and deletes what is stale: deployments of our flows no longer in the
+file and their automations (deleting a deployment leaves its automations behind, so they are
+deleted explicitly first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import yaml
+
+from tomopipe.config import Settings
+from tomopipe.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PREFECT_YAML = PROJECT_ROOT / "prefect.yaml"
+ROOT_PLACEHOLDER = "{{ $TOMOPIPE_PROJECT_ROOT }}"
+
+
+def load_spec(path: Path = PREFECT_YAML, root: Path = PROJECT_ROOT) -> dict:
+    """prefect.yaml with the project root filled in."""
+    try:
+        text = path.read_text().replace(ROOT_PLACEHOLDER, str(root))
+        spec = yaml.safe_load(text)
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the deployments: {exc}") from exc
+    if not isinstance(spec, dict) or not isinstance(spec.get("deployments"), list):
+        raise ConfigError(f"{path}: expected a 'deployments' list")
+    return spec
+
+
+def register_all(settings: Settings, state: dict, *, prefect_yaml: Path = PREFECT_YAML) -> dict:
+    """Create/update every deployment whose flow file exists; returns {name: deployment id}."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: state["prefect_api"]}):
+        return asyncio.run(_register(settings, state, load_spec(prefect_yaml)))
+
+
+async def _delete_orphan_automations(client) -> list[str]:
+    """Automations owned by a deployment that no longer exists (left behind by a deletion)."""
+    from prefect.exceptions import ObjectNotFound
+
+    deleted = []
+    for automation in await client.read_automations():
+        owner = automation.owner_resource or ""
+        if not owner.startswith("prefect.deployment."):
+            continue
+        try:
+            await client.read_deployment(owner.removeprefix("prefect.deployment."))
+        except ObjectNotFound:
+            await client.delete_automation(automation.id)
+            deleted.append(automation.name)
+    return deleted
+
+
+def _job_env(settings: Settings, state: dict) -> dict:
+    return {"TOMOPIPE_HOME": str(settings.home), "PREFECT_API_URL": state["prefect_api"],
+            "TOMOPIPE_PROJECT_ROOT": str(PROJECT_ROOT)}
+
+
+async def _register(settings: Settings, state: dict, spec: dict) -> dict:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterWorkPoolName
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.utilities.callables import parameter_schema
+
+    from deployments.triggers import build_triggers
+
+    pull = spec.get("pull") or []
+    registered: dict[str, str] = {}
+    flow_names: set[str] = set()
+    async with get_client() as client:
+        for d in spec["deployments"]:
+            entry = d["entrypoint"]
+            if not (PROJECT_ROOT / entry.split(":")[0]).exists():
+                continue  # e.g. flows/retention.py before it is written
+            flow = load_flow_from_entrypoint(str(PROJECT_ROOT / entry))
+            flow_names.add(flow.name)
+            flow_id = await client.create_flow_from_name(flow.name)
+            pool = (d.get("work_pool") or {}).get("name") or state.get("work_pool", "tomopipe")
+            dep_id = await client.create_deployment(
+                flow_id=flow_id, name=d["name"], entrypoint=entry, work_pool_name=pool,
+                description=d.get("description"), parameters=d.get("parameters") or {},
+                parameter_openapi_schema=parameter_schema(flow).model_dump_for_openapi(),
+                pull_steps=d.get("pull") or pull, path=str(PROJECT_ROOT),
+                job_variables={"env": _job_env(settings, state),
+                               **((d.get("work_pool") or {}).get("job_variables") or {})},
+                enforce_parameter_schema=True,
+            )
+            await client.delete_resource_owned_automations(f"prefect.deployment.{dep_id}")
+            for trigger in build_triggers(d["name"], d.get("triggers") or []):
+                trigger.set_deployment_id(dep_id)
+                await client.create_automation(trigger.as_automation())
+            registered[f"{flow.name}/{d['name']}"] = str(dep_id)
+
+        # stale: deployments of our pool that the file no longer defines
+        pool_names = {(d.get("work_pool") or {}).get("name", "tomopipe")
+                      for d in spec["deployments"]}
+        existing = await client.read_deployments(deployment_filter=DeploymentFilter(
+            work_pool_name=DeploymentFilterWorkPoolName(any_=sorted(pool_names))))
+        flows = {f.id: f.name for f in await client.read_flows()}
+        for dep in existing:
+            full = f"{flows.get(dep.flow_id, '?')}/{dep.name}"
+            if full not in registered:
+                await client.delete_resource_owned_automations(f"prefect.deployment.{dep.id}")
+                await client.delete_deployment(dep.id)
+        await _delete_orphan_automations(client)
+    os.environ.setdefault("TOMOPIPE_PROJECT_ROOT", str(PROJECT_ROOT))
+    return registered

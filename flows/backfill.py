@@ -1,0 +1,108 @@
+"""Reconstruct a catalog again: every tomography run matching the query that has no volume
+with the same key yet, a few at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.single_run import reconstruct_scan
+from tasks.recon_tasks import already_done, output_for, recon_params, record_state
+from tasks.run_tasks import find_runs, home_of, resolve_run
+from tomopipe.config import load_settings
+from tomopipe.errors import InputError, TomopipeError
+
+
+@task(name="reconstruct-run", cache_policy=NO_CACHE)
+def reconstruct_run(uid: str, home: str, plan_name: str | None, params: dict | None,
+                    workers: int | None, scheduler: str | None, force: bool) -> dict:
+    """One run of the backfill: the same tasks as the live and single-run flows."""
+    try:
+        spec = resolve_run(uid, home)
+        result = reconstruct_scan(spec, home=home, source=uid, plan_name=plan_name,
+                                  params=params, workers=workers, scheduler=scheduler,
+                                  force=force)
+        return {"uid": uid, "state": "completed", "output": result["output"]}
+    except TomopipeError as exc:
+        record_state(home, uid, "failed", plan_name=plan_name, message=str(exc), mirror=True)
+        return {"uid": uid, "state": "failed", "message": str(exc)}
+
+
+@flow(name="backfill", log_prints=True)
+def backfill(plan: str | None = None, since: str | None = None, until: str | None = None,
+             sample: str | None = None, force: bool = False, concurrency: int = 2,
+             params: dict | None = None, workers: int | None = None,
+             scheduler: str | None = None, home: str | None = None) -> dict:
+    """Returns {"matched", "reconstructed", "skipped", "failed"}."""
+    if concurrency < 1:
+        raise InputError("concurrency", f"must be at least 1, got {concurrency}")
+    log = get_run_logger()
+    h = home_of(home)
+    settings = load_settings(h)
+    recon = recon_params(settings, params)
+    matched = find_runs(str(h), plan=plan, since=since, until=until, sample=sample)
+    rows, todo = [], []
+    for run in matched:
+        uid = run["uid"]
+        if not run["stop"]:
+            rows.append({"uid": uid, "state": "skipped", "message": "still running"})
+            continue
+        if run["stop"].get("exit_status") != "success":
+            rows.append({"uid": uid, "state": "skipped",
+                         "message": f"run ended {run['stop'].get('exit_status')}"})
+            continue
+        try:
+            out, _ = output_for(settings, resolve_run(uid, str(h)), recon)
+        except TomopipeError as exc:
+            record_state(str(h), uid, "failed", plan_name=run["plan_name"], message=str(exc))
+            rows.append({"uid": uid, "state": "failed", "message": str(exc)})
+            continue
+        if already_done(out) and not force:
+            rows.append({"uid": uid, "state": "skipped", "message": "done (same key)"})
+            continue
+        todo.append(run)
+    with ThreadPoolTaskRunner(max_workers=concurrency) as runner:
+        futures = [runner.submit(reconstruct_run, parameters={
+            "uid": r["uid"], "home": str(h), "plan_name": r["plan_name"], "params": params,
+            "workers": workers, "scheduler": scheduler, "force": force}) for r in todo]
+        for future in futures:
+            try:
+                rows.append({**future.result(), "state": future.result()["state"]})
+            except Exception as exc:  # an unexpected fault in one run does not stop the rest
+                rows.append({"uid": "?", "state": "failed", "message": str(exc)})
+    summary = {
+        "matched": len(matched),
+        "reconstructed": sum(r["state"] == "completed" for r in rows),
+        "skipped": sum(r["state"] == "skipped" for r in rows),
+        "failed": sum(r["state"] == "failed" for r in rows),
+    }
+    create_table_artifact([{k: str(r.get(k, "")) for k in ("uid", "state", "output", "message")}
+                           for r in rows] or [{"uid": "", "state": "no runs matched"}],
+                          key="backfill-runs", description=json.dumps(summary))
+    _save_summary(h, summary)
+    log.info("backfill: %s", summary)
+    return summary
+
+
+def _save_summary(home: Path, summary: dict) -> None:
+    """Kept under the home for `tomopipe backfill`, which waits for this flow run."""
+    try:
+        from prefect.runtime import flow_run
+
+        run_id = flow_run.id
+    except Exception:
+        run_id = None
+    if not run_id:
+        return
+    folder = home / "backfill"
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{run_id}.tmp"
+    tmp.write_text(json.dumps(summary))
+    os.replace(tmp, folder / f"{run_id}.json")

@@ -1,0 +1,31 @@
+"""The live flow: started by a run's ``bluesky.run.start`` event, it follows the run as frames
+land and, when the stop document arrives, reconstructs the whole run.
+
+A run that aborts or fails ends this flow Failed with the run's reason, and makes no volume.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.single_run import fail, reconstruct_scan
+from tasks.recon_tasks import record_state
+from tasks.run_tasks import RunFailed, follow_run, resolve_run
+from tomopipe.errors import TomopipeError
+
+
+@flow(name="live-run", log_prints=True)
+def live_run(uid: str, params: dict | None = None, workers: int | None = None,
+             scheduler: str | None = None, poll_s: float = 0.25,
+             idle_timeout_s: float = 600.0, home: str | None = None):
+    """Follow run ``uid`` to its stop document, then reconstruct it."""
+    plan_name = None
+    record_state(home, uid, "waiting")
+    try:
+        follow_run(uid, home, poll_s=poll_s, idle_timeout_s=idle_timeout_s)
+        spec = resolve_run(uid, home)
+        plan_name = spec.extra.get("plan_name")
+        return reconstruct_scan(spec, home=home, source=uid, plan_name=plan_name, params=params,
+                                workers=workers, scheduler=scheduler)
+    except (RunFailed, TomopipeError) as exc:
+        return fail(home, uid, plan_name, exc)

@@ -1,0 +1,182 @@
+"""Long-running service processes: start them detached, check on them, stop them.
+
+Each service runs in its own session (``start_new_session=True``), so its process group id is
+its pid and stopping it also stops whatever it spawned (the Prefect server starts uvicorn, the
+worker starts flow runs). A pid is kept together with the process's start time, so a pid that
+the system has since handed to an unrelated process is never signalled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import psutil
+
+from tomopipe.errors import ServiceError
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port nobody listens on now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def port_in_use(port: int, host: str = LOOPBACK) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def spawn(argv: list[str], *, env: dict[str, str], log_path: Path,
+          cwd: Path | None = None) -> subprocess.Popen:
+    """Start ``argv`` in a new session with stdout and stderr appended to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n".encode())
+        log.flush()
+        return subprocess.Popen(
+            argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+
+
+def start_time(pid: int) -> float | None:
+    """The process's creation time, or None when there is no such (living) process."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return proc.create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def alive(pid: int | None, started: float | None = None) -> bool:
+    """True when ``pid`` runs and, if ``started`` is given, is still the process we started."""
+    if not pid:
+        return False
+    created = start_time(pid)
+    if created is None:
+        return False
+    return started is None or abs(created - started) < 1.0
+
+
+def _reap(pid: int) -> None:
+    # Our own children (when up ran in this process) stay zombies until waited for.
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def stop_group(pid: int, started: float | None = None, *, timeout: float = 10.0) -> bool:
+    """SIGTERM the process group led by ``pid``, then SIGKILL it after ``timeout`` seconds.
+
+    Returns True when something was stopped, False when it was not running.
+    """
+    return bool(stop_groups([(pid, started)], timeout=timeout))
+
+
+def stop_groups(leaders: list[tuple[int, float | None]], *, timeout: float = 10.0) -> list[int]:
+    """Stop several process groups at once (SIGTERM all, wait, SIGKILL what is left).
+
+    ``leaders`` holds (pid, start time or None); returns the pids that were running.
+    """
+    running = [(pid, t) for pid, t in leaders if alive(pid, t)]
+    for pid, _ in leaders:
+        _reap(pid)
+    members = [m for pid, _ in running for m in _group_members(pid)]
+    for pid, _ in running:
+        _signal_group(pid, signal.SIGTERM)
+
+    def left() -> bool:
+        for pid, _ in running:
+            _reap(pid)
+        return any(alive(p.pid, t) for p, t in members) or any(alive(p, t) for p, t in running)
+
+    deadline = time.monotonic() + timeout
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if left():
+        for pid, _ in running:
+            _signal_group(pid, signal.SIGKILL)
+        for proc, created in members:  # children that left the group still get killed
+            if alive(proc.pid, created):
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+        end = time.monotonic() + 5
+        while left() and time.monotonic() < end:
+            time.sleep(0.05)
+    return [pid for pid, _ in running]
+
+
+def _group_members(pid: int) -> list[tuple[psutil.Process, float]]:
+    try:
+        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
+    out = []
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            out.append((proc, proc.create_time()))
+    return out
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        with contextlib.suppress(OSError):
+            os.kill(pid, sig)
+
+
+def http_ok(url: str, *, timeout: float = 2.0, headers: dict | None = None) -> bool:
+    """True when a GET on ``url`` answers 2xx."""
+    try:
+        return httpx.get(url, timeout=timeout, headers=headers).is_success
+    except httpx.HTTPError:
+        return False
+
+
+def tcp_listening(address: str) -> bool:
+    """True when something accepts connections at ``tcp://host:port``."""
+    host, _, port = address.removeprefix("tcp://").rpartition(":")
+    return port_in_use(int(port), host or LOOPBACK)
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(text[-lines:])
+
+
+def wait_healthy(name: str, check: Callable[[], bool], *, proc: subprocess.Popen | None,
+                 log_path: Path | None, timeout: float, interval: float = 0.25) -> float:
+    """Poll ``check`` until it passes; returns the seconds it took.
+
+    Raises ServiceError naming the service and its log when the process exits or time runs out.
+    """
+    t0 = time.monotonic()
+    while True:
+        if check():
+            return time.monotonic() - t0
+        where = f"; see its log {log_path}:\n{log_tail(log_path)}" if log_path else ""
+        if proc is not None and proc.poll() is not None:
+            raise ServiceError(f"{name} exited with status {proc.returncode} before it became "
+                               f"healthy{where}")
+        if time.monotonic() - t0 > timeout:
+            raise ServiceError(f"{name} did not become healthy within {timeout:.0f} s{where}")
+        time.sleep(interval)

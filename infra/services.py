@@ -1,0 +1,375 @@
+"""The embedded services of one tomopipe home: bring them up, check them, bring them down.
+
+``up`` starts, each as its own detached process on loopback with its log under
+``$TOMOPIPE_HOME/logs``:
+
+- ``prefect``: the Prefect server (SQLite under ``$TOMOPIPE_HOME/prefect``, its PREFECT_HOME);
+- ``worker``: a Prefect worker on the ``tomopipe`` process work pool (the worker creates the pool
+  when it is absent), polling every second so a triggered flow run starts promptly;
+- ``zmq_proxy``: bluesky's 0MQ proxy, the document bus (pickle serializer, loopback only);
+- ``tiled``: a Tiled catalog server that stores Bluesky runs and reads the data roots;
+- ``bridge``: ``python -m deployments.bridge --home H`` (documents -> catalog + Prefect events),
+  started after the state file is written, because it reads the addresses from there;
+
+then registers the deployments (``deployments.register.register_all(settings, state)``) and
+writes the state file (``infra.state``). Everything lives under the home, so two homes run side
+by side on different ports.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+from infra import processes, tiled_server
+from infra.processes import LOOPBACK
+from infra.state import clear_services, read_services, write_services
+from tomopipe.config import Settings
+from tomopipe.errors import ConfigError, ServiceError
+
+WORK_POOL = "tomopipe"
+SERIALIZER = "pickle"
+# Start order; down stops them in reverse.
+SERVICES = ("prefect", "worker", "zmq_proxy", "tiled", "bridge")
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where flows/ and prefect.yaml live
+
+# Polling that makes a triggered flow run start within about a second of its event. The worker
+# polls the API for scheduled runs every PREFECT_WORKER_QUERY_SECONDS (default 10 s); that is
+# the setting that matters for a process work pool. The runner setting only matters for
+# flow.serve(), but costs nothing. Heartbeats every 5 s let `status` tell a live worker.
+WORKER_ENV = {
+    "PREFECT_WORKER_QUERY_SECONDS": "1",
+    "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+    "PREFECT_WORKER_HEARTBEAT_SECONDS": "5",
+    "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+}
+
+
+@dataclass
+class Ports:
+    """Ports to bind; None picks a free one."""
+
+    prefect: int | None = None
+    tiled: int | None = None
+    zmq_in: int | None = None
+    zmq_out: int | None = None
+
+
+def _exe(name: str) -> str:
+    """A console script of this virtualenv (beside the running Python), else from PATH."""
+    local = Path(sys.executable).parent / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if not found:
+        raise ServiceError(f"cannot find the program {name!r} beside {sys.executable} or on PATH")
+    return found
+
+
+def prefect_home(home: Path) -> Path:
+    return Path(home) / "prefect"
+
+
+def base_env(home: Path, prefect_api: str | None = None) -> dict[str, str]:
+    """The environment of every service process: this home, its own PREFECT_HOME."""
+    env = dict(os.environ)
+    env["TOMOPIPE_HOME"] = str(home)
+    env["PREFECT_HOME"] = str(prefect_home(home))
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    env["PREFECT_CLI_COLORS"] = "false"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.pop("PREFECT_API_KEY", None)
+    if prefect_api:
+        env["PREFECT_API_URL"] = prefect_api
+    else:
+        env.pop("PREFECT_API_URL", None)
+    return env
+
+
+# ---------------------------------------------------------------- health checks
+
+def worker_online(prefect_api: str, *, max_age_s: float = 30.0) -> bool:
+    """True when a worker of the tomopipe pool has sent a heartbeat within ``max_age_s``."""
+    try:
+        resp = httpx.post(f"{prefect_api}/work_pools/{WORK_POOL}/workers/filter", json={},
+                          timeout=2.0)
+    except httpx.HTTPError:
+        return False
+    if not resp.is_success:
+        return False
+
+    now = datetime.now(UTC)
+    for worker in resp.json():
+        beat = worker.get("last_heartbeat_time")
+        if not beat:
+            continue
+        when = datetime.fromisoformat(beat.replace("Z", "+00:00"))
+        if (now - when).total_seconds() < max_age_s and worker.get("status") != "OFFLINE":
+            return True
+    return False
+
+
+def _checks(state: dict) -> dict[str, Callable[[], bool]]:
+    pids, started = state.get("pids", {}), state.get("started", {})
+
+    def running(name: str) -> bool:
+        return processes.alive(pids.get(name), started.get(name))
+
+    return {
+        "prefect": lambda: running("prefect")
+        and processes.http_ok(f"{state['prefect_api']}/health"),
+        "worker": lambda: running("worker") and worker_online(state["prefect_api"]),
+        "zmq_proxy": lambda: running("zmq_proxy") and processes.tcp_listening(state["zmq_in"])
+        and processes.tcp_listening(state["zmq_out"]),
+        "tiled": lambda: running("tiled") and tiled_server.healthy(state["tiled"]),
+        "bridge": lambda: running("bridge"),
+    }
+
+
+def health(state: dict) -> dict[str, bool]:
+    """Each service of ``state`` (those it has a pid for) -> whether it answers now."""
+    checks = _checks(state)
+    return {name: checks[name]() for name in SERVICES if name in state.get("pids", {})}
+
+
+def status(home: Path) -> dict | None:
+    """The state of this home with a ``health`` mapping added, or None when nothing is up."""
+    state = read_services(home)
+    if state is None:
+        return None
+    state["health"] = health(state)
+    state["healthy"] = bool(state["health"]) and all(state["health"].values())
+    return state
+
+
+# ---------------------------------------------------------------- up / down
+
+def _pick_ports(ports: Ports) -> Ports:
+    chosen = {}
+    for field in ("prefect", "tiled", "zmq_in", "zmq_out"):
+        port = getattr(ports, field)
+        if port is None:
+            port = processes.free_port()
+            while port in chosen.values():
+                port = processes.free_port()
+        elif not 0 < port < 65536:
+            raise ConfigError(f"port for {field}: {port} is not a TCP port")
+        elif processes.port_in_use(port):
+            raise ServiceError(f"port {port} for {field} is already in use on {LOOPBACK}; "
+                               "choose another or leave it out to pick a free one")
+        chosen[field] = port
+    if len(set(chosen.values())) != len(chosen):
+        raise ConfigError(f"ports must differ: {chosen}")
+    return Ports(**chosen)
+
+
+def _data_roots(settings: Settings) -> list[Path]:
+    default = (settings.home / "data").resolve()
+    for root in settings.data_roots:
+        if root == default:
+            root.mkdir(parents=True, exist_ok=True)
+        elif not root.is_dir():
+            raise ConfigError(f"{settings.config_file}: data_roots: {root} is not a directory")
+    return list(settings.data_roots)
+
+
+class _Launcher:
+    """Starts processes for one ``up`` and stops them all if it fails."""
+
+    def __init__(self, home: Path):
+        self.home = home
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs: dict[str, Path] = {}
+
+    def start(self, name: str, argv: list[str], env: dict[str, str],
+              cwd: Path | None = None) -> subprocess.Popen:
+        log = self.home / "logs" / f"{name}.log"
+        self.logs[name] = log
+        self.procs[name] = processes.spawn(argv, env=env, log_path=log, cwd=cwd)
+        return self.procs[name]
+
+    def wait(self, name: str, check: Callable[[], bool], timeout: float) -> float:
+        return processes.wait_healthy(name, check, proc=self.procs[name],
+                                      log_path=self.logs[name], timeout=timeout)
+
+    def stop_all(self) -> None:
+        processes.stop_groups([(p.pid, None) for p in self.procs.values()], timeout=5)
+
+    def pids(self) -> dict[str, int]:
+        return {name: proc.pid for name, proc in self.procs.items()}
+
+    def started(self) -> dict[str, float | None]:
+        return {name: processes.start_time(proc.pid) for name, proc in self.procs.items()}
+
+
+def running_state(home: Path) -> dict | None:
+    """The state of this home when every service in it runs and answers, else None."""
+    state = read_services(home)
+    if state is None:
+        return None
+    checks = health(state)
+    if checks and all(checks.values()):
+        return state
+    return None
+
+
+def up(settings: Settings, *, ports: Ports | None = None, timeout: float = 180.0,
+       bridge: bool = True, register: bool = True,
+       echo: Callable[[str], None] = lambda msg: None) -> tuple[dict, bool]:
+    """Bring up this home's services; returns (state, started_now).
+
+    When they are already up and healthy, nothing changes and started_now is False. Leftovers of
+    an earlier ``up`` that are no longer healthy are stopped first. On failure everything started
+    here is stopped and ServiceError names the service and its log.
+    """
+    home = Path(settings.home).resolve()
+    existing = running_state(home)
+    if existing is not None:
+        return existing, False
+    if read_services(home) is not None:
+        echo("stopping what is left of an earlier `tomopipe up` (not all of it is healthy)")
+        down(home)
+
+    data_roots = _data_roots(settings)
+    ports = _pick_ports(ports or Ports())
+    prefect_api = f"http://{LOOPBACK}:{ports.prefect}/api"
+    state = {
+        "home": str(home),
+        "prefect_api": prefect_api,
+        "prefect_ui": f"http://{LOOPBACK}:{ports.prefect}",
+        "prefect_home": str(prefect_home(home)),
+        "work_pool": WORK_POOL,
+        "zmq_in": f"tcp://{LOOPBACK}:{ports.zmq_in}",
+        "zmq_out": f"tcp://{LOOPBACK}:{ports.zmq_out}",
+        "zmq_serializer": SERIALIZER,
+        "tiled": f"http://{LOOPBACK}:{ports.tiled}",
+        "tiled_api_key": tiled_server.new_api_key(),
+        "data_root": str(data_roots[0]),
+        "data_roots": [str(r) for r in data_roots],
+        "output_root": str(settings.output_root),
+        "project_root": str(PROJECT_ROOT),
+    }
+    env = base_env(home, prefect_api)
+    run = _Launcher(home)
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    try:
+        # The three servers start together; each takes seconds to import and initialise.
+        run.start("prefect", [_exe("prefect"), "server", "start", "--host", LOOPBACK,
+                              "--port", str(ports.prefect)], base_env(home, None))
+        # The worker imports Prefect meanwhile and starts when the server answers; it creates
+        # the process work pool when it is absent.
+        run.start("worker", [sys.executable, "-m", "infra.worker_server", "--pool", WORK_POOL,
+                             "--type", "process", "--name", f"tomopipe-{ports.prefect}"],
+                  {**env, **WORKER_ENV}, cwd=PROJECT_ROOT)
+        run.start("zmq_proxy", [_exe("bluesky-0MQ-proxy"), "--in-address", state["zmq_in"],
+                                "--out-address", state["zmq_out"]], env)
+        config = tiled_server.write_config(home, data_roots, state["tiled_api_key"])
+        run.start("tiled", tiled_server.argv(_exe("tiled"), config, ports.tiled), env)
+
+        checks = _checks({**state, "pids": run.pids(), "started": run.started()})
+        run.wait("prefect", checks["prefect"], timeout)
+        timings["prefect"] = time.monotonic() - t0
+        run.wait("zmq_proxy", checks["zmq_proxy"], timeout)
+        timings["zmq_proxy"] = time.monotonic() - t0
+        run.wait("tiled", checks["tiled"], timeout)
+        timings["tiled"] = time.monotonic() - t0
+        processes.wait_healthy(
+            "tiled (opening it with tiled.client.from_uri)",
+            lambda: tiled_server.client_opens(state["tiled"], state["tiled_api_key"]),
+            proc=run.procs["tiled"], log_path=run.logs["tiled"], timeout=30)
+        run.wait("worker", checks["worker"], timeout)
+        timings["worker"] = time.monotonic() - t0
+
+        state.update(pids=run.pids(), started=run.started(),
+                     logs={k: str(v) for k, v in run.logs.items()})
+        write_services(home, state)  # the bridge and register_all read it
+
+        if bridge and _have_module("deployments.bridge"):
+            run.start("bridge", [sys.executable, "-m", "deployments.bridge", "--home", str(home)],
+                      env, cwd=PROJECT_ROOT)
+            _wait_stays_up(run, "bridge", seconds=2.0)
+            timings["bridge"] = time.monotonic() - t0
+        elif bridge:
+            echo("warning: deployments.bridge does not exist yet: the bridge is not started")
+        state.update(pids=run.pids(), started=run.started(),
+                     logs={k: str(v) for k, v in run.logs.items()})
+        write_services(home, state)
+
+        if register and _have_module("deployments.register"):
+            _register(settings, state)
+            timings["deployments"] = time.monotonic() - t0
+        elif register:
+            echo("warning: deployments.register does not exist yet: no deployments registered")
+    except BaseException:
+        run.stop_all()
+        clear_services(home)
+        raise
+    state["startup_seconds"] = round(time.monotonic() - t0, 1)
+    state["startup_timings"] = {k: round(v, 1) for k, v in timings.items()}
+    write_services(home, state)
+    return state, True
+
+
+def _have_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _wait_stays_up(run: _Launcher, name: str, seconds: float) -> float:
+    """For a process without a health endpoint: healthy when it has not exited after a while."""
+    t0 = time.monotonic()
+    proc = run.procs[name]
+    while time.monotonic() - t0 < seconds:
+        if proc.poll() is not None:
+            raise ServiceError(f"{name} exited with status {proc.returncode} at start; see its "
+                               f"log {run.logs[name]}:\n{processes.log_tail(run.logs[name])}")
+        time.sleep(0.1)
+    return time.monotonic() - t0
+
+
+def _register(settings: Settings, state: dict) -> None:
+    """Register the deployments against this home's server (not any other PREFECT_API_URL)."""
+    os.environ["PREFECT_API_URL"] = state["prefect_api"]
+    os.environ["PREFECT_HOME"] = state["prefect_home"]
+    from deployments.register import register_all
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: state["prefect_api"],
+                             PREFECT_HOME: state["prefect_home"]}):
+        try:
+            register_all(settings, state)
+        except ServiceError:
+            raise
+        except Exception as exc:
+            raise ServiceError(f"registering the deployments on {state['prefect_api']} failed: "
+                               f"{type(exc).__name__}: {exc}") from exc
+
+
+def down(home: Path, *, timeout: float = 10.0) -> list[str]:
+    """Stop every service of this home and clear its state file; returns the names stopped.
+
+    Safe to run when nothing is up.
+    """
+    home = Path(home).resolve()
+    state = read_services(home)
+    if state is None:
+        return []
+    pids, started = state.get("pids", {}), state.get("started", {})
+    order = [n for n in reversed(SERVICES) if n in pids] + [n for n in pids if n not in SERVICES]
+    ran = processes.stop_groups([(pids[n], started.get(n)) for n in order], timeout=timeout)
+    stopped = [n for n in order if pids[n] in ran]
+    clear_services(home)
+    return stopped

@@ -1,0 +1,217 @@
+"""Run the simulated beamline: a real RunEngine executes ``tomo_scan`` with simulated devices.
+
+The camera writes uint16 HDF5 frames under the first data root (``<root>/<beamline>/<date>/<run
+uid>/``); the documents go to the given callbacks and, when ``publish_to`` is set, to the 0MQ
+document bus (a ``bluesky.callbacks.zmq.Publisher`` connected to the proxy's input address).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from datetime import date
+from pathlib import Path
+
+from tomopipe.config import Settings
+from tomopipe.errors import InputError, ServiceError
+
+# 0MQ PUB sockets drop what is sent before the subscription has travelled back from the proxy
+# (the "slow joiner"): wait this long after connecting before the plan starts.
+CONNECT_GRACE_S = 1.5
+SERIALIZERS = ("pickle", "msgpack")
+TOMO_MD_VERSION = 1
+
+
+def serializer_for(name: str) -> Callable[[dict], bytes]:
+    if name == "pickle":
+        return pickle.dumps
+    if name == "msgpack":
+        import msgpack
+
+        return msgpack.packb
+    raise InputError("--serializer", f"unknown serializer {name!r}; choose from {SERIALIZERS}")
+
+
+def _next_scan_id(home: Path) -> int:
+    """Scan ids count up per home, as at a beamline (Tiled's ScanID queries rely on them)."""
+    path = Path(home) / "simulator.json"
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        state = {}
+    scan_id = int(state.get("scan_id", 0)) + 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"scan_id": scan_id}))
+    os.replace(tmp, path)
+    return scan_id
+
+
+def _check(name: str, value, minimum) -> None:
+    if value is None or value < minimum:
+        raise InputError(f"--{name}", f"must be at least {minimum}, got {value}")
+
+
+def make_renderer(size: int, rows: int) -> tuple[Callable[[float], object], dict]:
+    """The line integrals of the default phantom at an angle (degrees), and how it was made.
+
+    The phantom's attenuation is scaled to the size so that transmission stays realistic (the
+    phantom is sized for 512 pixels).
+    """
+    from tasks import phantom
+
+    scale = 512.0 / size
+    features = phantom.scale_features(phantom.DEFAULT_FEATURES, scale)
+    center = size / 2.0
+
+    def render(angle_deg: float):
+        return phantom.phantom_projections(size, rows, [math.radians(angle_deg)], center=center,
+                                           features=features)[0]
+
+    info = {"phantom": "tasks.phantom.DEFAULT_FEATURES", "attenuation_scale": scale,
+            "center": center}
+    return render, info
+
+
+def simulate(settings: Settings, *, size: int, rows: int, angles: int, fps: float | None,
+             sample: str, publish_to: str | None = None, serializer: str = "pickle",
+             callbacks: Iterable[Callable[[str, dict], None]] = (), n_flats: int = 10,
+             n_darks: int = 5, abort_after: int | None = None, seed: int | None = None,
+             on_frame: Callable | None = None, arc_deg: float = 180.0) -> str:
+    """Run one simulated tomography scan and return its run uid.
+
+    ``size``: detector columns (and phantom width); ``rows``: detector rows; ``angles``:
+    projections evenly spaced over ``arc_deg`` (endpoint excluded); ``fps``: frames per second
+    (None or 0: as fast as possible). ``abort_after``: abort the run after that many projections
+    (its stop document has exit_status "abort"). ``on_frame(kind, index, frame)``: observes
+    every frame written (tests).
+    """
+    import numpy as np
+    from bluesky import RunEngine
+    from bluesky.utils import RunEngineInterrupted
+
+    from infra.simulator.devices import SimAxis, SimCamera, SimShutter
+    from infra.simulator.plans import tomo_scan
+
+    _check("size", size, 2)
+    _check("rows", rows, 1)
+    _check("angles", angles, 1)
+    _check("flats", n_flats, 0)
+    _check("darks", n_darks, 0)
+    if fps is not None and fps < 0:
+        raise InputError("--fps", f"must not be negative, got {fps}")
+    if abort_after is not None and not 1 <= abort_after:
+        raise InputError("--abort-after", f"must be at least 1, got {abort_after}")
+    if not settings.data_roots:
+        raise InputError(str(settings.config_file), "no data roots configured", "data_roots")
+    pack = serializer_for(serializer)
+
+    render, sim_info = make_renderer(size, rows)
+    shutter = SimShutter("shutter")
+    rotation = SimAxis("rot_stage", units="deg")
+    sample_axis = SimAxis("sample_x", units="mm")
+    camera = SimCamera("cam", rows=rows, cols=size, render=render, shutter=shutter,
+                       rotation=rotation, sample_axis=sample_axis, fps=fps, seed=seed,
+                       on_frame=on_frame)
+    angle_list = np.linspace(0.0, arc_deg, angles, endpoint=False).tolist()
+    data_dir = Path(settings.data_roots[0]) / settings.beamline / date.today().isoformat()
+
+    md = {
+        "sample": sample,
+        "beamline": settings.beamline,
+        "beamline_id": settings.beamline,
+        "scan_id": _next_scan_id(settings.home),
+        "tomo": {
+            "version": TOMO_MD_VERSION,
+            "rotation_key": rotation.name,
+            "angle_units": "deg",
+            "image_key": camera.image_key,
+            "streams": {"projections": "primary", "flats": "flat", "darks": "dark"},
+            "n_angles": angles, "n_flats": n_flats, "n_darks": n_darks,
+            "center": sim_info["center"],
+        },
+        "simulated": {**sim_info, "size": size, "rows": rows, "fps": fps or 0.0},
+    }
+
+    in_main = threading.current_thread() is threading.main_thread()
+    # SIGINT handling (Ctrl-C pauses the run) only works on the main thread.
+    RE = RunEngine({}, context_managers=None if in_main else [])
+    RE.md["scan_id"] = md.pop("scan_id") - 1  # the RunEngine adds one
+    for cb in callbacks:
+        RE.subscribe(cb)
+    publisher = None
+    if publish_to:
+        from bluesky.callbacks.zmq import Publisher
+
+        try:
+            publisher = Publisher(publish_to, serializer=pack)
+        except Exception as exc:  # zmq raises for malformed addresses
+            raise ServiceError(f"document bus {publish_to!r}: cannot connect: {exc}") from exc
+        RE.subscribe(publisher)
+        time.sleep(CONNECT_GRACE_S)
+
+    plan = tomo_scan(camera, rotation, shutter, sample_axis, angle_list, n_darks=n_darks,
+                     n_flats=n_flats, data_dir=data_dir, md=md, abort_after=abort_after)
+    try:
+        try:
+            uids = RE(plan)
+        except RunEngineInterrupted:
+            # paused: by --abort-after, or by Ctrl-C on the main thread
+            uids = RE.abort(reason=f"aborted after {abort_after} projections"
+                            if abort_after else "interrupted")
+            if abort_after is None:
+                raise KeyboardInterrupt from None
+        if not uids:
+            raise RuntimeError("the RunEngine produced no run")
+        return uids[0]
+    finally:
+        camera.unstage()  # idempotent: the RunEngine unstages too, except after a crash
+        if publisher is not None:
+            time.sleep(0.2)  # let the last messages leave the socket
+            publisher.close()
+        _stop_loop(RE)
+
+
+def _stop_loop(RE) -> None:
+    """Stop the RunEngine's event-loop thread (each RunEngine starts its own)."""
+    loop = RE.loop
+    if loop.is_running():
+        loop.call_soon_threadsafe(loop.stop)
+        thread = getattr(RE, "_th", None)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+
+
+def progress_printer(stream=None) -> Callable[[str, dict], None]:
+    """A callback that prints the scan's progress, one line per stream and every 10 %."""
+    stream = stream or sys.stderr
+    names: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    total = {"n": 0}
+
+    def callback(name: str, doc: dict) -> None:
+        if name == "start":
+            tomo = doc.get("tomo", {})
+            total["n"] = tomo.get("n_angles", 0)
+            print(f"run {doc['uid']} started: scan {doc.get('scan_id')}, sample "
+                  f"{doc.get('sample')!r}", file=stream, flush=True)
+        elif name == "descriptor":
+            names[doc["uid"]] = doc["name"]
+        elif name == "event":
+            stream_name = names.get(doc["descriptor"], "?")
+            counts[stream_name] = counts.get(stream_name, 0) + 1
+            done, n = counts[stream_name], total["n"]
+            if stream_name == "primary" and n:
+                if done == n or done % max(1, n // 10) == 0:
+                    print(f"  projections {done}/{n}", file=stream, flush=True)
+        elif name == "stop":
+            took = ", ".join(f"{k} {v}" for k, v in counts.items())
+            print(f"run {doc['run_start']} {doc['exit_status']}: {took}", file=stream, flush=True)
+
+    return callback

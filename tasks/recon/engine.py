@@ -1,0 +1,405 @@
+"""The reconstruction engine: centre, plan, one Dask task per slab, atomic publish.
+
+Only descriptors travel through the scheduler (the ScanSpec, a row range, the parameters, the
+output path). Each worker reads its own rows from the source files, reconstructs them, builds
+their pyramid levels, writes its own shards and then its slab's done-marker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+import platform
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from tasks.recon.params import ReconParams, output_key
+from tasks.recon.planning import ChunkPlan, plan
+from tasks.sources.spec import ScanSpec
+from tasks.storage import publish
+from tasks.storage.omezarr import create_volume
+from tomopipe import __version__
+from tomopipe.errors import InputError, TomopipeError
+
+CENTER_BAND_ROWS = 32
+
+
+@dataclass
+class ReconResult:
+    output: str
+    key: str
+    center: float
+    center_method: str
+    center_confidence: float | None
+    backend: str
+    shape: tuple[int, int, int]  # (z, y, x) of level 0
+    seconds: float
+    skipped: bool
+    timings: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+
+@dataclass(frozen=True)
+class SlabJob:
+    """What one Dask task needs: small, picklable, no arrays."""
+
+    spec: ScanSpec
+    rows: tuple[int, int]  # detector rows [start, stop)
+    z0: int  # first plane of the slab in the output volume
+    params: ReconParams
+    center: float
+    backend: str
+    pixel_size_um: float | None
+    partial: str
+    n_levels: int
+
+
+def software_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"tomopipe": __version__, "python": platform.python_version()}
+    for name, dist in (("numpy", "numpy"), ("zarr", "zarr"), ("dask", "dask"),
+                       ("distributed", "distributed"), ("finufft", "finufft"),
+                       ("astra", "astra-toolbox"), ("h5py", "h5py")):
+        try:
+            versions[name] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def resolve_rows(spec: ScanSpec, params: ReconParams) -> tuple[int, int]:
+    if params.rows is None:
+        return 0, spec.n_rows
+    r0, r1 = (int(v) for v in params.rows)
+    if not 0 <= r0 < r1 <= spec.n_rows:
+        raise InputError(spec.label, f"row range {r0}:{r1} is not inside the detector's "
+                         f"0:{spec.n_rows}", where="rows")
+    return r0, r1
+
+
+def pixel_size(spec: ScanSpec, params: ReconParams) -> float | None:
+    value = params.pixel_size_um if params.pixel_size_um is not None else spec.pixel_size_um
+    if value is not None and not (np.isfinite(value) and value > 0):
+        raise InputError(spec.label, f"pixel size must be a positive number of micrometres, "
+                         f"got {value!r}", where="pixel_size_um")
+    return value
+
+
+def angles_rad(spec: ScanSpec) -> np.ndarray:
+    return np.deg2rad(np.asarray(spec.angles_deg, dtype=np.float64))
+
+
+def _rethrowable(exc: TomopipeError) -> TomopipeError:
+    # InputError's constructor takes three arguments, so it does not unpickle on the client;
+    # send the one-line message in the base class instead.
+    return TomopipeError(str(exc))
+
+
+def find_center(spec: ScanSpec, params: ReconParams, rows: tuple[int, int]) -> dict:
+    """The centre to use: the given number, or auto_center on a band of central rows."""
+    if params.center != "auto":
+        try:
+            value = float(params.center)
+        except (TypeError, ValueError):
+            raise InputError(spec.label, f"centre must be 'auto' or a number of pixels, got "
+                             f"{params.center!r}", where="center") from None
+        if not 0 <= value < spec.n_cols:
+            raise InputError(spec.label, f"centre {value} lies outside the detector row "
+                             f"0:{spec.n_cols}", where="center")
+        return {"value": value, "method": "given", "confidence": None, "estimates": {}}
+    from tasks.preprocess.center import auto_center
+    from tasks.recon.slab import preprocess_slab
+    from tasks.sources.hdf5io import read_slab
+
+    mid = (rows[0] + rows[1]) // 2
+    band = (max(rows[0], mid - CENTER_BAND_ROWS // 2), min(rows[1], mid + CENTER_BAND_ROWS // 2))
+    sinos = preprocess_slab(*read_slab(spec, band), params)
+    est = auto_center(sinos, angles_rad(spec))
+    return {"value": float(est.value), "method": str(est.method),
+            "confidence": float(est.confidence),
+            "estimates": {str(k): float(v) for k, v in dict(est.estimates).items()},
+            "band": list(band)}
+
+
+def run_slab(job: SlabJob) -> dict:
+    """Reconstruct one slab and write it; runs on a worker. Idempotent (done-marker)."""
+    from tasks.recon.backends import get_backend
+    from tasks.recon.slab import reconstruct_slab
+    from tasks.sources.hdf5io import read_slab
+    from tasks.storage.omezarr import write_levels
+    from tasks.storage.pyramid import build_levels
+
+    z_rows = (job.z0, job.z0 + job.rows[1] - job.rows[0])
+    if publish.slab_done(job.partial, z_rows):
+        return {"rows": list(job.rows), "skipped": True}
+    try:
+        t0 = time.perf_counter()
+        proj, flats, darks = read_slab(job.spec, job.rows)
+        t1 = time.perf_counter()
+        backend = get_backend(job.backend, job.params.algorithm, **_worker_threads())
+        recon = reconstruct_slab(proj, flats, darks, angles_rad(job.spec), job.center, job.params,
+                                 backend=backend, pixel_size_um=job.pixel_size_um)
+        del proj, flats, darks
+        t2 = time.perf_counter()
+        write_levels(Path(job.partial), job.z0, build_levels(recon, job.n_levels))
+        t3 = time.perf_counter()
+    except TomopipeError as exc:
+        raise _rethrowable(exc) from None
+    info = {"read_s": t1 - t0, "recon_s": t2 - t1, "write_s": t3 - t2, "pid": os.getpid()}
+    publish.mark_slab_done(job.partial, z_rows, info)
+    return {"rows": list(job.rows), "skipped": False, **info}
+
+
+def _worker_threads() -> dict:
+    """On a Dask worker, limit the backend to the worker's threads (workers share the cores)."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return {}
+    n = getattr(getattr(worker, "state", None), "nthreads", None) or getattr(worker, "nthreads", 1)
+    return {"nthreads": int(n)}
+
+
+@contextlib.contextmanager
+def _executor(client, scheduler, workers, memory_limit):
+    """Yields a Dask client, or None for in-process execution (workers == 0)."""
+    if client is not None:
+        yield client
+    elif scheduler is None and workers == 0:
+        yield None
+    else:
+        from infra.cluster import dask_client
+
+        with dask_client(scheduler=scheduler, workers=workers, memory_limit=memory_limit) as c:
+            yield c
+
+
+def _budget(client, memory_limit) -> tuple[int, int]:
+    from infra.cluster import default_memory_per_worker, parse_memory, worker_resources
+
+    limit = parse_memory(memory_limit)
+    if client is None:
+        import psutil
+
+        return 1, limit or int(psutil.virtual_memory().available * 0.8)
+    n, worker_limit = worker_resources(client)
+    n = max(1, n)
+    return n, limit or worker_limit or default_memory_per_worker(n)
+
+
+def _run_jobs(client, jobs: Sequence[SlabJob], progress, done0: int, total: int) -> list[dict]:
+    results = []
+    done = done0
+    if client is None:
+        for job in jobs:
+            results.append(run_slab(job))
+            done += 1
+            if progress:
+                progress(done, total)
+        return results
+    from distributed import as_completed
+
+    token = uuid.uuid4().hex[:8]
+    futures = [client.submit(run_slab, job, key=f"tomopipe-slab-{job.rows[0]}-{token}",
+                             pure=False) for job in jobs]
+    try:
+        for fut in as_completed(futures):
+            results.append(fut.result())
+            done += 1
+            if progress:
+                progress(done, total)
+    except BaseException:
+        client.cancel(futures)
+        raise
+    return results
+
+
+def reconstruct(spec: ScanSpec, params: ReconParams, out: str | os.PathLike, *, client=None,
+                scheduler: str | None = None, workers: int | None = None,
+                memory_limit: int | str | None = None,
+                progress: Callable[[int, int], None] | None = None,
+                extra_provenance: dict | None = None, overwrite: bool = False,
+                levels: int | None = None, max_slab_rows: int | None = None) -> ReconResult:
+    """Reconstruct ``spec`` with ``params`` into the OME-Zarr volume ``out``.
+
+    ``client``: a distributed Client to use; else ``scheduler`` (an address) is connected, else
+    a local cluster of ``workers`` is started (``workers=0`` runs in this process, no Dask).
+    ``memory_limit`` (bytes or '4GB') is the budget per worker for the chunk planner;
+    ``levels`` (pyramid levels, level 0 included) and ``max_slab_rows`` override its choices.
+    """
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    out = Path(out)
+    identity = spec.identity or os.path.abspath(spec.label)
+    key = output_key(identity, params, __version__)
+    rows = resolve_rows(spec, params)
+    shape = (rows[1] - rows[0], spec.n_cols, spec.n_cols)
+
+    pub = publish.begin(out, key, overwrite=overwrite)
+    if pub.state == "skip":
+        prov = pub.existing
+        center = prov.get("center", {})
+        return ReconResult(
+            output=str(out), key=key, center=center.get("value"),
+            center_method=center.get("method"), center_confidence=center.get("confidence"),
+            backend=prov.get("backend", {}).get("name"), shape=tuple(prov.get("shape", shape)),
+            seconds=time.perf_counter() - t_start, skipped=True, timings={},
+        )
+
+    from tasks.recon.backends import get_backend
+
+    px = pixel_size(spec, params)
+    if pub.state == "resume":
+        center = pub.job["center"]
+        backend_name = pub.job["backend"]["name"]
+        backend_device = pub.job["backend"]["device"]
+        backend = get_backend(backend_name, params.algorithm)
+    else:
+        t = time.perf_counter()
+        backend = get_backend(params.backend, params.algorithm)
+        backend_name, backend_device = backend.name, backend.device
+        center = find_center(spec, params, rows)
+        timings["center_s"] = time.perf_counter() - t
+
+    with _executor(client, scheduler, workers, memory_limit) as dask:
+        if pub.state == "resume":
+            chunk_plan = ChunkPlan.from_dict(pub.job["plan"])
+        else:
+            n_workers, budget = _budget(dask, memory_limit)
+            gpu_mem = None
+            if backend_device == "gpu":
+                from infra.cluster import gpu_memory_bytes
+
+                gpu_mem = gpu_memory_bytes()
+            chunk_plan = plan(
+                shape[0], spec.n_angles, spec.n_cols,
+                raw_itemsize=np.dtype(spec.dtype).itemsize,
+                bytes_per_row=int(backend.bytes_per_row(spec.n_angles, spec.n_cols)),
+                memory_budget=budget, n_workers=n_workers, levels=levels,
+                n_flats_darks=_n_frames(spec.flats) + _n_frames(spec.darks),
+                gpu_memory=gpu_mem, max_slab_rows=max_slab_rows,
+            )
+            provenance = _provenance(spec, params, key, rows, center, backend_name,
+                                     backend_device, px, chunk_plan, shape, extra_provenance)
+            pub.partial.mkdir(parents=True, exist_ok=True)
+            create_volume(pub.partial, chunk_plan.levels, pixel_size_um=px,
+                          provenance=provenance, name=Path(spec.label).name)
+            publish.record_job(pub, {"plan": chunk_plan.to_dict(), "center": center,
+                                     "backend": {"name": backend_name, "device": backend_device}})
+
+        slabs = chunk_plan.slabs()
+        todo = [s for s in slabs if not publish.slab_done(pub.partial, s)]
+        jobs = [SlabJob(spec=spec, rows=(rows[0] + a, rows[0] + b), z0=a, params=params,
+                        center=float(center["value"]), backend=backend_name, pixel_size_um=px,
+                        partial=str(pub.partial), n_levels=chunk_plan.n_levels) for a, b in todo]
+        if progress:
+            progress(len(slabs) - len(todo), len(slabs))
+        t = time.perf_counter()
+        results = _run_jobs(dask, jobs, progress, len(slabs) - len(todo), len(slabs))
+        timings["slabs_s"] = time.perf_counter() - t
+
+    missing = [s for s in slabs if not publish.slab_done(pub.partial, s)]
+    if missing:  # never publish a volume with a hole
+        raise TomopipeError(f"{out}: slabs {missing} have no done-marker after the run; "
+                            f"re-run the same command to resume")
+    for name in ("read_s", "recon_s", "write_s"):
+        timings[f"sum_{name}"] = float(sum(r.get(name, 0.0) for r in results))
+    timings["n_slabs_computed"] = len(jobs)
+    timings["resumed"] = pub.state == "resume"
+    seconds = time.perf_counter() - t_start
+    timings["total_s"] = seconds
+    publish.finish(pub, {"timings": timings,
+                         "finished": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")})
+    return ReconResult(
+        output=str(out), key=key, center=float(center["value"]), center_method=center["method"],
+        center_confidence=center.get("confidence"), backend=backend_name, shape=shape,
+        seconds=seconds, skipped=False, timings=timings,
+    )
+
+
+def _n_frames(sets) -> int:
+    import h5py
+
+    n = 0
+    for fs in sets:
+        if fs.indices is not None:
+            n += len(fs.indices)
+        else:
+            with h5py.File(fs.path, "r") as f:
+                n += int(f[fs.dataset].shape[0])
+    return n
+
+
+def _provenance(spec, params, key, rows, center, backend_name, backend_device, px, chunk_plan,
+                shape, extra) -> dict:
+    return {
+        "key": key,
+        "source": {"label": spec.label, "identity": spec.identity,
+                   "files": sorted({fs.path for fs in spec.projections}),
+                   "shape": list(spec.shape), "dtype": spec.dtype},
+        "params": params.to_dict(),
+        "rows": list(rows),
+        "shape": list(shape),
+        "center": center,
+        "backend": {"name": backend_name, "device": backend_device},
+        "pixel_size_um": px,
+        "units": "1/cm" if px else "1/pixel",
+        "plan": {k: v for k, v in chunk_plan.to_dict().items() if k != "levels"},
+        "versions": software_versions(),
+        "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "extra": extra or {},
+    }
+
+
+def center_search(spec: ScanSpec, params: ReconParams, out_dir: str | os.PathLike,
+                  candidates: Sequence[float], *, row: int | None = None) -> list[Path]:
+    """Reconstruct one slice per candidate centre and write each as a TIFF named for it.
+
+    The file ``center_<c>.tif`` holds the slice reconstructed with centre ``c``; its
+    ImageDescription (JSON) says the same centre, the row and the source.
+    """
+    import tifffile
+
+    from tasks.recon.backends import get_backend
+    from tasks.recon.slab import preprocess_slab
+    from tasks.sources.hdf5io import read_slab
+
+    candidates = [float(c) for c in candidates]
+    if not candidates:
+        raise InputError("--center-search", "no candidate centres in the range")
+    bad = [c for c in candidates if not 0 <= c < spec.n_cols]
+    if bad:
+        raise InputError(spec.label, f"candidate centres {bad[:3]} lie outside the detector row "
+                         f"0:{spec.n_cols}", where="center")
+    r0, r1 = resolve_rows(spec, params)
+    row = (r0 + r1) // 2 if row is None else int(row)
+    sinos = preprocess_slab(*read_slab(spec, (row, row + 1)), params)
+    backend = get_backend(params.backend, params.algorithm)
+    px = pixel_size(spec, params)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for c in candidates:
+        img = backend.reconstruct(sinos, angles_rad(spec), c, algorithm=params.algorithm,
+                                  filter_name=params.filter_name,
+                                  iterations=params.sirt_iterations)[0].astype(np.float32)
+        if px:
+            img /= np.float32(px / 1e4)
+        path = out_dir / f"center_{c:.2f}.tif"
+        tifffile.imwrite(path, img, metadata={
+            "center": c, "row": row, "source": spec.label, "backend": backend.name,
+            "algorithm": params.algorithm, "units": "1/cm" if px else "1/pixel"})
+        written.append(path)
+    return written

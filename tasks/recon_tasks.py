@@ -1,0 +1,168 @@
+"""Prefect tasks around the reconstruction engine: parameters, output path, reconstruct, publish.
+
+``publish`` turns a result into what the Prefect UI shows (preview image, table of figures,
+link to the volume) and records it (``tasks.catalog_writeback``).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import time
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.artifacts import (
+    create_image_artifact,
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+
+from tasks import catalog_writeback
+from tasks.recon.params import ReconParams, output_key
+from tasks.run_tasks import RETRY, home_of
+from tasks.sources.spec import ScanSpec
+from tomopipe import __version__
+from tomopipe.config import Settings
+from tomopipe.errors import ConfigError
+
+PREVIEW_INLINE_MAX = 300_000  # bytes of PNG embedded in the markdown artifact
+
+
+def recon_params(settings: Settings, overrides: dict | None = None) -> ReconParams:
+    """ReconParams from the home's defaults (settings.recon) and the flow's overrides."""
+    fields = {f.name for f in dataclasses.fields(ReconParams)}
+    given = {**settings.recon, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    unknown = set(given) - fields
+    if unknown:
+        raise ConfigError(f"reconstruction parameters {sorted(unknown)} are not known; "
+                          f"known: {sorted(fields)}")
+    if isinstance(given.get("rows"), list):
+        given["rows"] = tuple(given["rows"])
+    return ReconParams(**given)
+
+
+def output_for(settings: Settings, spec: ScanSpec, params: ReconParams) -> tuple[Path, str]:
+    """(volume path, key): ``<output_root>/<source>/<key>.zarr``, one folder per run or file."""
+    import os
+
+    identity = spec.identity or os.path.abspath(spec.label)
+    key = output_key(identity, params, __version__)
+    folder = spec.identity if spec.extra.get("source") == "bluesky" else Path(spec.label).stem
+    return settings.output_root / str(folder) / f"{key}.zarr", key
+
+
+def already_done(path: Path) -> bool:
+    from tasks.storage.omezarr import is_complete
+
+    return is_complete(path)
+
+
+@task(name="reconstruct", **RETRY)
+def reconstruct_volume(spec: ScanSpec, params: ReconParams, out: str, *,
+                       workers: int | None = None, scheduler: str | None = None) -> dict:
+    """Reconstruct with the engine, its slab progress shown as a progress artifact."""
+    from tasks.recon.engine import reconstruct
+
+    artifact = create_progress_artifact(0.0, description=f"reconstructing {spec.label}")
+    state = {"last": 0.0}
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - state["last"] < 0.5:
+            return  # the UI needs no more than two updates a second
+        state["last"] = now
+        update_progress_artifact(artifact, 100.0 * done / max(1, total),
+                                 description=f"{done}/{total} slabs of {spec.label}")
+
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    result = reconstruct(spec, params, out, workers=workers, scheduler=scheduler,
+                         progress=progress, extra_provenance={"run_uid": spec.identity})
+    update_progress_artifact(artifact, 100.0, description=f"done: {out}")
+    return result.to_dict()
+
+
+@task(name="publish", cache_policy=NO_CACHE)
+def publish(home: str | None, source: str, plan_name: str | None, result: dict,
+            params: ReconParams, timings: dict | None = None) -> dict:
+    """Preview, artifacts and the result record of a finished reconstruction."""
+    from tasks.preview import write_preview
+
+    log = get_run_logger()
+    h = home_of(home)
+    out = Path(result["output"])
+    png = write_preview(out)
+    figures = {
+        "source": source, "output": str(out), "key": result["key"],
+        "center": result["center"], "center_method": result.get("center_method"),
+        "center_confidence": result.get("center_confidence"), "backend": result["backend"],
+        "shape": "x".join(str(s) for s in result["shape"]), "skipped": result.get("skipped"),
+        "recon_s": round(result["seconds"], 3),
+        **{k: round(v, 3) for k, v in (timings or {}).items()},
+        **{f"param.{k}": v for k, v in params.to_dict().items()},
+    }
+    artifact_key = _artifact_key(source)
+    create_table_artifact([{"name": k, "value": str(v)} for k, v in figures.items()],
+                          key=f"{artifact_key}-figures",
+                          description=f"reconstruction of {source}")
+    create_image_artifact(png.as_uri(), key=f"{artifact_key}-preview",
+                          description=f"orthogonal slices of {out.name}")
+    create_markdown_artifact(_preview_markdown(source, out, png, figures),
+                             key=f"{artifact_key}-summary",
+                             description=f"reconstruction of {source}")
+    create_link_artifact(out.as_uri(), link_text=str(out), key=f"{artifact_key}-volume",
+                         description="the OME-Zarr volume")
+    row = catalog_writeback.record(h, source, "completed", plan_name=plan_name, output=str(out),
+                                   key=result["key"], center=result["center"],
+                                   details={"preview": str(png), **figures})
+    _mirror(h, source, row)
+    log.info("published %s for %s (preview %s)", out, source, png)
+    return {**result, "preview": str(png)}
+
+
+def _artifact_key(source: str) -> str:
+    # artifact keys: lowercase letters, digits and dashes only
+    text = "".join(c if c.isalnum() else "-" for c in str(source).lower())
+    return ("run-" + text.strip("-"))[:60].rstrip("-")
+
+
+def _preview_markdown(source: str, out: Path, png: Path, figures: dict) -> str:
+    data = png.read_bytes()
+    image = (f"![preview](data:image/png;base64,{base64.b64encode(data).decode()})"
+             if len(data) <= PREVIEW_INLINE_MAX else f"[preview]({png.as_uri()})")
+    rows = "\n".join(f"| {k} | {v} |" for k, v in figures.items() if not k.startswith("param."))
+    return (f"# {source}\n\n{image}\n\nVolume: [{out}]({out.as_uri()})\n\n"
+            f"| figure | value |\n|---|---|\n{rows}\n")
+
+
+def _mirror(home: Path, source: str, row: dict) -> None:
+    """Best-effort copy of the record into the catalog (runs only, not files)."""
+    from tasks import runs
+
+    try:
+        catalog = runs.catalog_for_home(home)
+    except Exception:
+        return
+    if source in catalog:
+        catalog_writeback.mirror_to_catalog(catalog, source, row)
+
+
+def record_state(home: str | None, source: str, state: str, *, plan_name: str | None = None,
+                 message: str | None = None, mirror: bool = False) -> None:
+    """Plain function (not a task): record waiting/running/failed states as they happen."""
+    h = home_of(home)
+    flow_run_id = None
+    try:
+        from prefect.runtime import flow_run
+
+        flow_run_id = flow_run.id
+    except Exception:
+        pass
+    row = catalog_writeback.record(h, source, state, plan_name=plan_name, message=message,
+                                   flow_run_id=flow_run_id)
+    if mirror:
+        _mirror(h, source, row)

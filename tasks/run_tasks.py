@@ -1,0 +1,161 @@
+"""Prefect tasks about runs: find them, follow one as it lands, resolve it to a ScanSpec, stage.
+
+Thin wrappers over ``tasks.runs`` (catalog access) and ``tasks.sources``; retried on transient
+faults (a service that cannot be reached), never on bad input.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tasks import runs
+from tasks.sources.spec import ScanSpec
+from tomopipe.config import load_settings
+from tomopipe.errors import InputError, ServiceError
+
+
+class RunFailed(Exception):
+    """The run itself ended badly (aborted, failed, went silent): nothing to reconstruct."""
+
+
+def transient(task, task_run, state) -> bool:
+    """Retry only when a service could not be reached; bad input fails at once."""
+    try:
+        state.result(raise_on_failure=True)
+    except (ServiceError, httpx.TransportError, ConnectionError, TimeoutError):
+        return True
+    except Exception:
+        return False
+    return False
+
+
+RETRY = {"retries": 3, "retry_delay_seconds": [1, 2, 4], "retry_condition_fn": transient,
+         "cache_policy": NO_CACHE}
+
+
+def home_of(home: str | Path | None) -> Path:
+    from tomopipe.config import home as default_home
+
+    return Path(home).resolve() if home else default_home()
+
+
+@task(name="find-runs", **RETRY)
+def find_runs(home: str | None = None, *, plan: str | None = None, since=None, until=None,
+              sample: str | None = None, tomo_only: bool = True) -> list[dict]:
+    """Runs of the catalog matching the criteria: [{uid, plan_name, start, stop}], oldest first."""
+    from tasks.sources.bluesky_run import is_tomo_run
+
+    h = home_of(home)
+    settings = load_settings(h)
+    catalog = runs.catalog_for_home(h)
+    found = []
+    for uid in runs.search_runs(catalog, plan=plan, since=since, until=until, sample=sample):
+        start, stop = runs.run_metadata(catalog[uid])
+        if tomo_only and not is_tomo_run(start, settings.tomo_plans):
+            continue
+        found.append({"uid": uid, "plan_name": start.get("plan_name"), "stop": stop})
+    return found
+
+
+@task(name="follow-run", **RETRY)
+def follow_run(uid: str, home: str | None = None, *, poll_s: float = 0.25,
+               idle_timeout_s: float = 600.0) -> dict:
+    """Wait for the run's stop document, showing frames landed as a progress artifact.
+
+    Returns the stop document; raises RunFailed when the run ends other than successfully or
+    nothing new arrives for ``idle_timeout_s``.
+    """
+    log = get_run_logger()
+    catalog = runs.catalog_for_home(home_of(home))
+    deadline = time.monotonic() + 60.0  # the bridge writes the start before the event fires
+    while True:
+        try:
+            run = catalog[uid]
+            break
+        except KeyError:
+            if time.monotonic() > deadline:
+                raise InputError(uid, "no such run in the catalog") from None
+            time.sleep(poll_s)
+    start, stop = runs.run_metadata(run)
+    expected = _expected_frames(start)
+    artifact = create_progress_artifact(0.0, description=f"frames landed of run {uid}")
+    last_count, last_change = -1, time.monotonic()
+    while True:
+        try:
+            run = catalog[uid]  # a fresh look: the node grows as frames land
+            start, stop = runs.run_metadata(run)
+            count = runs.frames_landed(run)
+        except KeyError:  # the bridge is rebuilding the run after a restart
+            count = last_count
+        if count != last_count:
+            last_count, last_change = count, time.monotonic()
+            pct = 100.0 * count / expected if expected else (100.0 if stop else 50.0)
+            update_progress_artifact(artifact, min(100.0, pct),
+                                     description=f"{count} frames landed of run {uid}")
+        if stop:
+            break
+        if time.monotonic() - last_change > idle_timeout_s:
+            raise RunFailed(f"run {uid}: nothing new for {idle_timeout_s:.0f} s and no stop "
+                            f"document ({count} frames landed)")
+        time.sleep(poll_s)
+    update_progress_artifact(artifact, 100.0, description=f"{last_count} frames landed; stopped")
+    status = stop.get("exit_status")
+    log.info("run %s stopped (%s) with %d frames", uid, status, last_count)
+    if status != "success":
+        reason = stop.get("reason") or "no reason given"
+        raise RunFailed(f"run {uid} ended with exit_status {status!r}: {reason}")
+    return stop
+
+
+def _expected_frames(start: dict) -> int | None:
+    tomo = start.get("tomo") if isinstance(start.get("tomo"), dict) else {}
+    parts = [tomo.get(k) for k in ("n_angles", "n_flats", "n_darks")]
+    if isinstance(parts[0], int):
+        return sum(p for p in parts if isinstance(p, int))
+    n = start.get("num_points")
+    return n if isinstance(n, int) and n > 0 else None
+
+
+@task(name="resolve-run", **RETRY)
+def resolve_run(uid: str, home: str | None = None) -> ScanSpec:
+    """The run's ScanSpec from its documents in the catalog."""
+    from tasks.sources.bluesky_run import scan_from_documents
+
+    h = home_of(home)
+    settings = load_settings(h)
+    catalog = runs.catalog_for_home(h)
+    docs = runs.run_documents(runs.get_run(catalog, uid))
+    return scan_from_documents(docs, settings.data_roots, tomo_plans=settings.tomo_plans)
+
+
+@task(name="resolve-file", **RETRY)
+def resolve_file(path: str, *, data_path: str | None = None) -> ScanSpec:
+    from tasks.sources import open_scan
+
+    return open_scan(path, data_path=data_path)
+
+
+@task(name="stage", **RETRY)
+def stage(spec: ScanSpec, home: str | None = None) -> ScanSpec:
+    """Make the scan's files readable where it is reconstructed; returns the spec to use.
+
+    The seam for staging and transfer (manifest, checksums, Globus): for now the files are read
+    in place, so this checks that each one is there (and, for a run, under the data roots).
+    """
+    from tasks.paths import resolve_data_path
+
+    settings = load_settings(home_of(home))
+    from_run = spec.extra.get("source") == "bluesky"
+    for fs in spec.projections + spec.flats + spec.darks:
+        path = Path(fs.path)
+        if from_run:
+            path = resolve_data_path(fs.path, settings.data_roots, source=spec.label)
+        if not path.is_file():
+            raise InputError(spec.label, "referenced file does not exist", where=fs.path)
+    return spec

@@ -1,0 +1,1 @@
+"""Staging: the exact set of files a run references, with sizes and checksums (a Manifest)."""

@@ -1,0 +1,149 @@
+"""Back pressure, the Prefect transfer tasks and the retention flow against a real (temporary)
+Prefect API (prefect_test_harness, one per session: it takes about 10 s to start)."""
+
+import os
+import threading
+import time
+
+import pytest
+import yaml
+
+from tasks.staging.manifest import build_manifest
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory):
+    from prefect.testing.utilities import prefect_test_harness
+
+    os.environ.setdefault("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect-home")))
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def _settings(**kw):
+    from tasks.transfer.sites import parse_transfer_config
+
+    return parse_transfer_config({"a": {}}, kw, {}).transfer
+
+
+def test_limits_created_from_config(prefect_api):
+    from prefect.client.orchestration import get_client
+
+    from tasks.transfer.backpressure import (
+        MEGABYTES_LIMIT,
+        TRANSFERS_LIMIT,
+        ensure_transfer_limits,
+    )
+
+    ensure_transfer_limits(_settings(max_concurrent=3, max_bytes_in_flight="2.5GB"))
+    ensure_transfer_limits(_settings(max_concurrent=4, max_bytes_in_flight="2.5GB"))  # updates
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name(TRANSFERS_LIMIT).limit == 4
+        assert client.read_global_concurrency_limit_by_name(MEGABYTES_LIMIT).limit == 2500
+
+
+def _burst(settings, sizes, hold_s=0.6):
+    """Run transfers of ``sizes`` bytes at once; return (start, end) of each held slot."""
+    from tasks.transfer.backpressure import ensure_transfer_limits, transfer_slot
+
+    ensure_transfer_limits(settings)
+    spans, errors = [], []
+
+    def one(nbytes):
+        try:
+            with transfer_slot(nbytes, settings, timeout_s=60):
+                t0 = time.monotonic()
+                time.sleep(hold_s)
+                spans.append((t0, time.monotonic()))
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in sizes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    return sorted(spans)
+
+
+def _max_overlap(spans):
+    return max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
+
+
+def test_burst_queues_on_transfer_count(prefect_api):
+    spans = _burst(_settings(max_concurrent=1, max_bytes_in_flight="10GB"), [10**6] * 3)
+    assert len(spans) == 3 and _max_overlap(spans) == 1
+
+
+def test_burst_queues_on_bytes_in_flight(prefect_api):
+    # three slots allowed, but only 3 MB in flight: two 2 MB transfers cannot overlap,
+    # while a 1 MB one can run beside either of them
+    spans = _burst(_settings(max_concurrent=3, max_bytes_in_flight="3MB"), [2 * 10**6] * 2)
+    assert _max_overlap(spans) == 1
+    spans = _burst(_settings(max_concurrent=3, max_bytes_in_flight="3MB"), [2 * 10**6, 10**6])
+    assert _max_overlap(spans) == 2
+
+
+def test_flow_moves_run_then_retention_flow_frees_verified_files(prefect_api, tmp_path,
+                                                                 monkeypatch):
+    from prefect import flow
+
+    from flows.retention import retention_flow
+    from tasks.transfer.prefect_tasks import move_run_data, stage_run
+    from tasks.transfer.sites import load_transfer_config
+    from tomopipe.config import load_settings
+
+    home, raw = tmp_path / "home", tmp_path / "raw"
+    (raw / "run1").mkdir(parents=True)
+    (raw / "run1" / "det.h5").write_bytes(os.urandom(50_000))
+    (raw / "run1" / "keep.h5").write_bytes(os.urandom(10))  # never transferred
+    home.mkdir()
+    (home / "config.yaml").write_text(yaml.safe_dump({
+        "data_roots": [str(raw)],
+        "sites": {"beamline": {"mover": "local", "root": str(raw)},
+                  "compute": {"mover": "local"}},
+        "transfer": {"source": "beamline", "destination": "compute",
+                     "destination_path": str(tmp_path / "scratch"), "max_concurrent": 1},
+        "retention": {"beamline": {"keep_days": 0}}}))
+    monkeypatch.setenv("TOMOPIPE_HOME", str(home))
+    docs = [("start", {"uid": "uid-9"}),
+            ("stream_resource", {"uid": "s", "uri": f"file://{raw}/run1/det.h5",
+                                 "parameters": {}}),
+            ("stop", {"exit_status": "success"})]
+
+    @flow
+    def move_one(docs):
+        manifest = stage_run(docs, [str(raw)])
+        return manifest, move_run_data(manifest)
+
+    manifest, report = move_one(docs)
+    assert report.complete and report.destination == str(tmp_path / "scratch" / "uid-9")
+    assert (tmp_path / "scratch" / "uid-9" / "run1" / "det.h5").read_bytes() == \
+        (raw / "run1" / "det.h5").read_bytes()
+    cfg = load_transfer_config(load_settings())
+    assert cfg.retention["beamline"].roots == (raw,)
+    (result,) = retention_flow()
+    assert [os.path.basename(p) for p, _ in result["deleted"]] == ["det.h5"]
+    assert [os.path.basename(p) for p, _ in result["kept"]] == ["keep.h5"]
+    assert not (raw / "run1" / "det.h5").exists() and (raw / "run1" / "keep.h5").exists()
+
+
+def test_stage_run_refuses_escape_in_a_flow(prefect_api, tmp_path):
+    from prefect import flow
+
+    from tasks.transfer.prefect_tasks import stage_run
+    from tomopipe.errors import PathEscapeError
+
+    (tmp_path / "raw").mkdir()
+
+    @flow
+    def stage(docs):
+        return stage_run(docs, [str(tmp_path / "raw")])
+
+    with pytest.raises(PathEscapeError, match="uid-x"):
+        stage([("start", {"uid": "uid-x"}),
+               ("resource", {"root": "/etc", "resource_path": "passwd"})])
+    assert build_manifest  # the plain function stays importable without Prefect

@@ -1,0 +1,199 @@
+"""``tomopipe recon``: reconstruct an HDF5 scan into an OME-Zarr volume (or a centre search)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from tomopipe.errors import ConfigError
+
+EPILOG = """\
+examples:
+  tomopipe recon scan.h5 --out scan.zarr
+  tomopipe recon scan.h5 --out scan.zarr --center 1023.5 --rows 800:1200 --rings fw --workers 4
+  tomopipe recon scan.h5 --out centres/ --center-search 1010:1030:0.5   # one TIFF per centre
+  tomopipe recon scan.h5 --out scan.zarr --scheduler tcp://10.0.0.5:8786 --memory-limit 16GB --json
+
+The output is published atomically: an interrupted run leaves OUT.partial, and the same command
+resumes it; the same command after success does nothing (same key).
+"""
+
+
+def _center(text: str) -> float | str:
+    if text == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number, got {text!r}") from None
+
+
+def _rows(text: str) -> tuple[int, int]:
+    try:
+        a, b = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected START:STOP (integers), got {text!r}") from None
+    if not 0 <= a < b:
+        raise argparse.ArgumentTypeError(f"expected 0 <= START < STOP, got {text!r}")
+    return a, b
+
+
+def _search(text: str) -> tuple[float, float, float]:
+    try:
+        a, b, s = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected START:STOP:STEP, got {text!r}") from None
+    if s <= 0 or b < a:
+        raise argparse.ArgumentTypeError(f"expected START <= STOP and STEP > 0, got {text!r}")
+    if (b - a) / s > 1000:
+        raise argparse.ArgumentTypeError(f"{text!r} gives more than 1000 candidates")
+    return a, b, s
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+        return v
+    return parse
+
+
+def _workers(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
+    return v
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    from tasks.recon.params import ALGORITHMS, FILTERS, RING_METHODS
+
+    p = subparsers.add_parser(
+        "recon",
+        help="reconstruct an HDF5 scan (Data Exchange, NeXus) into an OME-Zarr volume",
+        description="Reconstruct a tomography scan, chunked across a Dask cluster, into a "
+                    "multiscale OME-Zarr 0.5 volume published atomically.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("source", metavar="SOURCE", help="HDF5 scan file (Data Exchange or NeXus)")
+    p.add_argument("--out", required=True, metavar="OUT",
+                   help="output volume (OUT.zarr); with --center-search, a folder for TIFFs")
+    p.add_argument("--center", type=_center, default="auto", metavar="auto|FLOAT",
+                   help="rotation centre in pixels (0-based column), or 'auto' (default)")
+    p.add_argument("--center-search", type=_search, metavar="START:STOP:STEP",
+                   help="write one slice per candidate centre as OUT/center_<c>.tif instead")
+    p.add_argument("--algorithm", choices=ALGORITHMS, default="fbp")
+    p.add_argument("--backend", default="auto",
+                   help="auto | fourier | astra | tomopy | gpu-fourier (default auto)")
+    p.add_argument("--filter", dest="filter_name", choices=FILTERS, default="shepp",
+                   help="FBP filter (default shepp)")
+    p.add_argument("--iterations", type=_positive(int), default=100, help="SIRT iterations")
+    p.add_argument("--rows", type=_rows, metavar="START:STOP",
+                   help="detector rows to reconstruct (default all)")
+    p.add_argument("--rings", choices=RING_METHODS, default="none", metavar="METHOD|none",
+                   help=f"ring (stripe) removal: {', '.join(RING_METHODS)} (default none)")
+    p.add_argument("--zingers", type=_positive(float), metavar="THRESHOLD",
+                   help="remove zingers brighter than THRESHOLD (normalised intensity)")
+    p.add_argument("--flat-method", choices=("mean", "median"), default="mean")
+    p.add_argument("--pixel-size", type=_positive(float), metavar="UM",
+                   help="pixel size in micrometres (overrides the file's); output in 1/cm")
+    p.add_argument("--data-path", metavar="P", help="HDF5 dataset of the frames")
+    p.add_argument("--image-key-path", metavar="P", help="HDF5 dataset of the image keys")
+    p.add_argument("--angles-path", metavar="P", help="HDF5 dataset of the angles (degrees)")
+    p.add_argument("--workers", type=_workers, metavar="N",
+                   help="local Dask workers (default: one per core or GPU; 0: in this process)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="use a running Dask scheduler")
+    p.add_argument("--memory-limit", metavar="SIZE",
+                   help="memory per worker, e.g. 4GB (default: the cluster's limit)")
+    p.add_argument("--slab-rows", type=_positive(int), metavar="N",
+                   help="at most N detector rows per task (default: from the memory budget)")
+    p.add_argument("--levels", type=_positive(int), metavar="N",
+                   help="pyramid levels including full resolution (default: down to ~32 px)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing volume with a different key at OUT")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object with the result on stdout")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=run)
+    return p
+
+
+def _params(args):
+    from tasks.recon.params import ReconParams
+
+    return ReconParams(
+        algorithm=args.algorithm, backend=args.backend, filter_name=args.filter_name,
+        center=args.center, rows=args.rows, rings=args.rings, zingers=args.zingers,
+        flat_method=args.flat_method, sirt_iterations=args.iterations,
+        pixel_size_um=args.pixel_size,
+    )
+
+
+def _candidates(start: float, stop: float, step: float) -> list[float]:
+    n = int(round((stop - start) / step + 1e-9))
+    return [round(start + i * step, 6) for i in range(n + 1)]
+
+
+def run(args) -> int:
+    from tasks.recon import engine
+    from tasks.sources import open_scan
+
+    if args.memory_limit is not None:
+        from infra.cluster import parse_memory
+
+        parse_memory(args.memory_limit)
+    if args.scheduler and args.workers is not None:
+        raise ConfigError("--scheduler and --workers: give one (a running cluster has its "
+                          "own workers)")
+    spec = open_scan(args.source, data_path=args.data_path, image_key_path=args.image_key_path,
+                     angles_path=args.angles_path, pixel_size_um=args.pixel_size,
+                     checksum=args.center_search is None)
+    params = _params(args)
+
+    if args.center_search:
+        files = engine.center_search(spec, params, args.out, _candidates(*args.center_search))
+        if args.json:
+            print(json.dumps({"output": args.out, "files": [str(f) for f in files],
+                              "centers": _candidates(*args.center_search)}))
+        else:
+            print(f"wrote {len(files)} slices to {args.out}", file=sys.stderr)
+        return 0
+
+    bar = None
+    progress = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        def progress(done, total):
+            nonlocal bar
+            if bar is None:
+                bar = tqdm(total=total, desc="slabs", unit="slab", file=sys.stderr,
+                           dynamic_ncols=True)
+            bar.n = done
+            bar.refresh()
+
+    try:
+        result = engine.reconstruct(spec, params, args.out, scheduler=args.scheduler,
+                                    workers=args.workers, memory_limit=args.memory_limit,
+                                    progress=progress, overwrite=args.overwrite,
+                                    levels=args.levels, max_slab_rows=args.slab_rows)
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        what = "already complete (same key), nothing to do" if result.skipped else "written"
+        print(f"{result.output}: {what}; shape {list(result.shape)}, centre {result.center:.2f} "
+              f"({result.center_method}), backend {result.backend}, {result.seconds:.1f} s",
+              file=sys.stderr)
+    return 0

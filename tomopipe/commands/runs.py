@@ -1,0 +1,80 @@
+"""``tomopipe runs``: the tomography runs of the catalog and what became of each."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "runs", help="list runs and their reconstruction state",
+        description="One line (or, with --json, one object) per tomography run of the catalog "
+                    "and per file reconstructed: uid, plan_name, state (waiting, running, "
+                    "completed, failed), output volume and, when failed, the reason.")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.add_argument("--limit", type=int, default=None, help="only the newest N runs")
+    p.set_defaults(func=run)
+
+
+def list_runs(home: Path, limit: int | None = None) -> list[dict]:
+    """Catalog runs (tomography only) joined with the results table, oldest first."""
+    from tasks import catalog_writeback, runs
+    from tasks.sources.bluesky_run import is_tomo_run
+    from tomopipe.config import load_settings
+
+    settings = load_settings(home)
+    results = catalog_writeback.read_all(home)
+    catalog = runs.catalog_for_home(home)
+    listed: list[dict] = []
+    seen = set()
+    for uid, node in catalog.items():
+        md = dict(node.metadata)
+        start, stop = dict(md.get("start") or {}), md.get("stop")
+        if not is_tomo_run(start, settings.tomo_plans):
+            continue
+        seen.add(uid)
+        listed.append(_entry(uid, start, stop, results.get(uid)))
+    for uid, row in results.items():  # files reconstructed by path
+        if uid not in seen:
+            listed.append({"uid": uid, "plan_name": row["plan_name"], "state": row["state"],
+                           "output": row["output"], "message": row["message"], "time": None,
+                           "scan_id": None, "sample": None, "exit_status": None,
+                           "updated": row["updated"]})
+    return listed[-limit:] if limit else listed
+
+
+def _entry(uid: str, start: dict, stop: dict | None, row: dict | None) -> dict:
+    entry = {"uid": uid, "plan_name": start.get("plan_name"), "scan_id": start.get("scan_id"),
+             "sample": start.get("sample"), "time": start.get("time"),
+             "exit_status": (stop or {}).get("exit_status")}
+    if row:
+        state, output, message = row["state"], row["output"], row["message"]
+        entry["updated"] = row["updated"]
+    elif stop and stop.get("exit_status") != "success":
+        state, output = "failed", None  # no flow ran: the run itself did not succeed
+        message = f"run ended {stop.get('exit_status')}: {stop.get('reason') or 'no reason'}"
+    else:
+        state, output, message = "waiting", None, None
+    entry.update(state=state, output=output if state == "completed" else None, message=message)
+    return entry
+
+
+def run(args: argparse.Namespace) -> int:
+    from tomopipe.config import home
+
+    listed = list_runs(home(), args.limit)
+    if args.json:
+        print(json.dumps(listed, indent=1))
+        return 0
+    if not listed:
+        print("no tomography runs")
+        return 0
+    for r in listed:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"])) if r["time"] else ""
+        detail = r["output"] or r["message"] or ""
+        print(f"{r['uid'][:36]:36}  {str(r['plan_name'] or ''):12}  {r['state']:9}  {when:19}  "
+              f"{detail}")
+    return 0

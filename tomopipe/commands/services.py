@@ -1,0 +1,106 @@
+"""``tomopipe up``, ``tomopipe status`` and ``tomopipe down``: the embedded services of a home."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from tomopipe.config import home as default_home
+from tomopipe.config import load_settings
+
+ADDRESSES = ("prefect_ui", "prefect_api", "zmq_in", "zmq_out", "tiled", "data_root")
+
+
+def add_parser(subparsers) -> None:
+    up = subparsers.add_parser(
+        "up", help="start the embedded services (Prefect, worker, 0MQ proxy, Tiled, bridge)",
+        description="Start the embedded services of $TOMOPIPE_HOME on loopback and register the "
+                    "deployments. Does nothing when they already run.")
+    up.add_argument("--prefect-port", type=int, help="Prefect server port (default: a free one)")
+    up.add_argument("--tiled-port", type=int, help="Tiled server port (default: a free one)")
+    up.add_argument("--zmq-in-port", type=int, help="0MQ proxy port publishers send to")
+    up.add_argument("--zmq-out-port", type=int, help="0MQ proxy port subscribers read from")
+    up.add_argument("--timeout", type=float, default=180.0,
+                    help="seconds each service may take to become healthy (default 180)")
+    up.add_argument("--no-bridge", action="store_true", help="do not start the document bridge")
+    up.add_argument("--no-deployments", action="store_true",
+                    help="do not register the deployments")
+    up.set_defaults(func=run_up)
+
+    status = subparsers.add_parser(
+        "status", help="show the embedded services and whether they answer",
+        description="Exit status: 0 all healthy, 1 nothing up, 2 something up but not healthy.")
+    status.add_argument("--json", action="store_true",
+                        help="print one JSON object (includes the Tiled API key)")
+    status.set_defaults(func=run_status)
+
+    down = subparsers.add_parser("down", help="stop the embedded services")
+    down.add_argument("--timeout", type=float, default=10.0,
+                      help="seconds to wait after SIGTERM before SIGKILL (default 10)")
+    down.set_defaults(func=run_down)
+
+
+def run_up(args: argparse.Namespace) -> int:
+    from infra import services
+
+    settings = load_settings()
+    ports = services.Ports(prefect=args.prefect_port, tiled=args.tiled_port,
+                           zmq_in=args.zmq_in_port, zmq_out=args.zmq_out_port)
+    print(f"starting the services of {settings.home} ...", flush=True)
+    t0 = time.monotonic()
+    state, started = services.up(
+        settings, ports=ports, timeout=args.timeout, bridge=not args.no_bridge,
+        register=not args.no_deployments, echo=lambda msg: print(msg, flush=True))
+    if not started:
+        print(f"already up for {settings.home}; nothing changed")
+    else:
+        print(f"up in {time.monotonic() - t0:.1f} s")
+    _print_addresses(state)
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from infra import services
+
+    home = default_home()
+    state = services.status(home)
+    if state is None:
+        if args.json:
+            print(json.dumps({"home": str(home), "running": False}))
+        else:
+            print(f"no services are up for {home} (run `tomopipe up`)", file=sys.stderr)
+        return 1
+    state["running"] = True
+    if args.json:
+        print(json.dumps(state, sort_keys=True))
+    else:
+        _print_addresses(state)
+        print()
+        print(f"{'service':<10} {'pid':>8}  {'health':<8} log")
+        for name, ok in state["health"].items():
+            pid = state["pids"].get(name, "")
+            log = state.get("logs", {}).get(name, "")
+            print(f"{name:<10} {pid:>8}  {'ok' if ok else 'DOWN':<8} {log}")
+    return 0 if state["healthy"] else 2
+
+
+def run_down(args: argparse.Namespace) -> int:
+    from infra import services
+
+    home = default_home()
+    stopped = services.down(home, timeout=args.timeout)
+    if stopped:
+        print(f"stopped {', '.join(stopped)} for {home}")
+    else:
+        print(f"nothing was running for {home}")
+    return 0
+
+
+def _print_addresses(state: dict) -> None:
+    for key in ADDRESSES:
+        if key in state:
+            print(f"{key:<12} {state[key]}")
+    print(f"{'serializer':<12} {state.get('zmq_serializer')}")
+    print(f"{'home':<12} {state.get('home')}")

@@ -1,0 +1,82 @@
+"""``tomopipe simulate``: run a simulated tomography scan and publish its documents.
+
+Progress goes to stderr; the run uid is the last line on stdout (scripts take ``| tail -1``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+
+from tomopipe.errors import ServiceError
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "simulate",
+        help="run a simulated tomography scan (Bluesky RunEngine) and publish its documents",
+        description="Run the tomo_scan plan on a simulated beamline: the camera writes HDF5 "
+                    "frames of a phantom under the first data root and the documents go to "
+                    "the document bus (the 0MQ proxy of `tomopipe up`, or --zmq).",
+    )
+    p.add_argument("--size", type=int, default=128, help="detector columns (default 128)")
+    p.add_argument("--rows", type=int, default=16, help="detector rows (default 16)")
+    p.add_argument("--angles", type=int, default=180, help="projections over 180 deg (default 180)")
+    p.add_argument("--flats", type=int, default=10, help="flat fields (default 10)")
+    p.add_argument("--darks", type=int, default=5, help="dark fields (default 5)")
+    p.add_argument("--fps", type=float, default=0.0,
+                   help="frames per second, so the scan takes real time (default 0: flat out)")
+    p.add_argument("--sample", default="phantom", help="sample name (default phantom)")
+    p.add_argument("--zmq", metavar="ADDRESS",
+                   help="0MQ proxy input address, e.g. localhost:5577 "
+                        "(default: from `tomopipe up`)")
+    p.add_argument("--serializer", choices=("pickle", "msgpack"), default=None,
+                   help="document serializer on the bus "
+                        "(default: as `tomopipe up` says, or pickle)")
+    p.add_argument("--no-publish", action="store_true",
+                   help="do not publish the documents (files only)")
+    p.add_argument("--abort-after", type=int, metavar="K",
+                   help="abort the run after K projections (its stop says exit_status abort)")
+    p.add_argument("--seed", type=int, help="seed of the photon noise (default: random)")
+    p.set_defaults(func=run)
+
+
+def bus_address(args: argparse.Namespace, settings) -> tuple[str | None, str]:
+    """(proxy input address, serializer) from the options or from the running services."""
+    serializer = args.serializer
+    if args.no_publish:
+        return None, serializer or "pickle"
+    if args.zmq:
+        return args.zmq, serializer or "pickle"
+    from infra.state import read_services
+
+    services = read_services(settings.home) or {}
+    address = services.get("zmq_in")
+    if not address:
+        raise ServiceError(
+            f"no document bus: `tomopipe up` is not running for {settings.home} (no zmq_in in "
+            f"its services.json); pass --zmq ADDRESS or --no-publish")
+    return address, serializer or services.get("zmq_serializer") or "pickle"
+
+
+def run(args: argparse.Namespace) -> int:
+    from infra.simulator.run import progress_printer, simulate
+    from tomopipe.config import load_settings
+
+    settings = load_settings()
+    # The RunEngine logs an expected abort with a traceback; failures still raise from simulate.
+    logging.getLogger("bluesky").addHandler(logging.NullHandler())
+    address, serializer = bus_address(args, settings)
+    if address:
+        print(f"publishing to {address} ({serializer})", file=sys.stderr, flush=True)
+    # The RunEngine prints on stdout (e.g. when aborting): keep stdout for the uid alone.
+    with contextlib.redirect_stdout(sys.stderr):
+        uid = simulate(settings, size=args.size, rows=args.rows, angles=args.angles,
+                       fps=args.fps or None, sample=args.sample, publish_to=address,
+                       serializer=serializer, callbacks=(progress_printer(sys.stderr),),
+                       n_flats=args.flats, n_darks=args.darks, abort_after=args.abort_after,
+                       seed=args.seed)
+    print(uid, flush=True)
+    return 0
