@@ -81,6 +81,13 @@ class ZmqSubscriber:
     def stop(self) -> None:
         self._stop.set()
 
+    def close(self) -> None:
+        """Release the Kafka consumer (it connects in the background from construction)."""
+        self.stop()
+        consumer = getattr(self._dispatcher, "_bluesky_consumer", None)
+        if consumer is not None:
+            consumer.close()
+
 
 class KafkaSubscriber:
     """Documents from Kafka topics through bluesky-kafka (msgpack, as bluesky-kafka publishes)."""
@@ -105,3 +112,10 @@ class KafkaSubscriber:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def close(self) -> None:
+        """Release the Kafka consumer (it connects in the background from construction)."""
+        self.stop()
+        consumer = getattr(self._dispatcher, "_bluesky_consumer", None)
+        if consumer is not None:
+            consumer.close()

@@ -10,6 +10,7 @@ deleted explicitly first).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from tomopipe.errors import ConfigError
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PREFECT_YAML = PROJECT_ROOT / "prefect.yaml"
 ROOT_PLACEHOLDER = "{{ $TOMOPIPE_PROJECT_ROOT }}"
+OPTIONAL = {"retention"}  # flows other engineers add; `up` goes on without them
+log = logging.getLogger(__name__)
 
 
 def load_spec(path: Path = PREFECT_YAML, root: Path = PROJECT_ROOT) -> dict:
@@ -67,7 +70,7 @@ def _job_env(settings: Settings, state: dict) -> dict:
 
 async def _register(settings: Settings, state: dict, spec: dict) -> dict:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterWorkPoolName
+    from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
     from prefect.flows import load_flow_from_entrypoint
     from prefect.utilities.callables import parameter_schema
 
@@ -81,7 +84,15 @@ async def _register(settings: Settings, state: dict, spec: dict) -> dict:
             entry = d["entrypoint"]
             if not (PROJECT_ROOT / entry.split(":")[0]).exists():
                 continue  # e.g. flows/retention.py before it is written
-            flow = load_flow_from_entrypoint(str(PROJECT_ROOT / entry))
+            try:
+                flow = load_flow_from_entrypoint(str(PROJECT_ROOT / entry))
+            except Exception as exc:
+                if d["name"] not in OPTIONAL:
+                    raise ConfigError(f"prefect.yaml: deployment {d['name']!r}: cannot load "
+                                      f"{entry}: {exc}") from exc
+                log.warning("deployment %s not registered: cannot load %s: %s",
+                            d["name"], entry, exc)
+                continue
             flow_names.add(flow.name)
             flow_id = await client.create_flow_from_name(flow.name)
             pool = (d.get("work_pool") or {}).get("name") or state.get("work_pool", "tomopipe")
@@ -103,8 +114,8 @@ async def _register(settings: Settings, state: dict, spec: dict) -> dict:
         # stale: deployments of our pool that the file no longer defines
         pool_names = {(d.get("work_pool") or {}).get("name", "tomopipe")
                       for d in spec["deployments"]}
-        existing = await client.read_deployments(deployment_filter=DeploymentFilter(
-            work_pool_name=DeploymentFilterWorkPoolName(any_=sorted(pool_names))))
+        existing = await client.read_deployments(work_pool_filter=WorkPoolFilter(
+            name=WorkPoolFilterName(any_=sorted(pool_names))))
         flows = {f.id: f.name for f in await client.read_flows()}
         for dep in existing:
             full = f"{flows.get(dep.flow_id, '?')}/{dep.name}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator
 
 from tomopipe.errors import ConfigError, ServiceError
@@ -96,8 +97,13 @@ def dask_client(*, scheduler: str | None = None, workers: int | None = None,
     limit = parse_memory(memory_limit)
     address = ":0"  # a free port: several clusters may run on one machine
     if n_gpus > 0:
-        from dask_cuda import LocalCUDACluster
-
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError:
+            warnings.warn(f"{n_gpus} GPU(s) found but dask_cuda is not installed (pip install "
+                          "'tomopipe[gpu]'); using CPU workers", stacklevel=2)
+            n_gpus = 0
+    if n_gpus > 0:
         n = min(workers or n_gpus, n_gpus)
         cluster = LocalCUDACluster(
             CUDA_VISIBLE_DEVICES=list(range(n)),

@@ -199,8 +199,20 @@ class _Launcher:
         return self.procs[name]
 
     def wait(self, name: str, check: Callable[[], bool], timeout: float) -> float:
-        return processes.wait_healthy(name, check, proc=self.procs[name],
+        def healthy() -> bool:
+            self.fail_if_one_exited()  # do not wait on one service while another has died
+            return check()
+
+        return processes.wait_healthy(name, healthy, proc=self.procs[name],
                                       log_path=self.logs[name], timeout=timeout)
+
+    def fail_if_one_exited(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                log = self.logs[name]
+                raise ServiceError(f"{name} exited with status {proc.returncode} before it "
+                                   f"became healthy; see its log {log}:\n"
+                                   f"{processes.log_tail(log)}")
 
     def stop_all(self) -> None:
         processes.stop_groups([(p.pid, None) for p in self.procs.values()], timeout=5)
@@ -285,8 +297,8 @@ def up(settings: Settings, *, ports: Ports | None = None, timeout: float = 180.0
         run.wait("tiled", checks["tiled"], timeout)
         timings["tiled"] = time.monotonic() - t0
         processes.wait_healthy(
-            "tiled (opening it with tiled.client.from_uri)",
-            lambda: tiled_server.client_opens(state["tiled"], state["tiled_api_key"]),
+            "tiled (reading its catalog with the API key)",
+            lambda: tiled_server.catalog_answers(state["tiled"], state["tiled_api_key"]),
             proc=run.procs["tiled"], log_path=run.logs["tiled"], timeout=30)
         run.wait("worker", checks["worker"], timeout)
         timings["worker"] = time.monotonic() - t0
@@ -344,8 +356,9 @@ def _register(settings: Settings, state: dict) -> None:
     """Register the deployments against this home's server (not any other PREFECT_API_URL)."""
     os.environ["PREFECT_API_URL"] = state["prefect_api"]
     os.environ["PREFECT_HOME"] = state["prefect_home"]
-    from deployments.register import register_all
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    from deployments.register import register_all
 
     with temporary_settings({PREFECT_API_URL: state["prefect_api"],
                              PREFECT_HOME: state["prefect_home"]}):

@@ -59,6 +59,24 @@ def healthy(url: str) -> bool:
     return http_ok(f"{url}/healthz")
 
 
+def catalog_answers(url: str, api_key: str) -> bool:
+    """True when the root's metadata reads with the key and carries the catalog spec.
+
+    This is what ``from_uri`` fetches first, without importing the Tiled client.
+    """
+    import httpx
+
+    try:
+        resp = httpx.get(f"{url}/api/v1/metadata/", timeout=5.0,
+                         headers={"Authorization": f"Apikey {api_key}"})
+    except httpx.HTTPError:
+        return False
+    if not resp.is_success:
+        return False
+    specs = resp.json().get("data", {}).get("attributes", {}).get("specs") or []
+    return CATALOG_SPEC in [s.get("name") for s in specs]
+
+
 def client_opens(url: str, api_key: str) -> bool:
     """True when ``tiled.client.from_uri`` opens the catalog with the key (and sees the spec)."""
     from tiled.client import from_uri

@@ -85,12 +85,16 @@ def follow_run(uid: str, home: str | None = None, *, poll_s: float = 0.25,
     start, stop = runs.run_metadata(run)
     expected = _expected_frames(start)
     artifact = create_progress_artifact(0.0, description=f"frames landed of run {uid}")
-    last_count, last_change = -1, time.monotonic()
+    last_count, last_change, last_look = -1, time.monotonic(), 0.0
     while True:
         try:
-            run = catalog[uid]  # a fresh look: the node grows as frames land
+            run = catalog[uid]  # one request: the run's metadata, where the stop lands
             start, stop = runs.run_metadata(run)
-            count = runs.frames_landed(run)
+            # counting frames takes a request per stream: at most once a second
+            if stop or time.monotonic() - last_look > 1.0:
+                count, last_look = runs.frames_landed(run), time.monotonic()
+            else:
+                count = last_count
         except KeyError:  # the bridge is rebuilding the run after a restart
             count = last_count
         if count != last_count:

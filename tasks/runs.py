@@ -118,13 +118,19 @@ def run_documents(run) -> list[tuple[str, dict]]:
     """The run as (name, document) pairs: from the server's document export when it has one,
     otherwise rebuilt from the catalog's nodes (start, descriptors, stream resources covering
     every registered frame, events from the internal tables, stop)."""
-    try:
-        docs = [(name, dict(doc)) for name, doc in run.documents()]
-        if docs:
-            return docs
-    except Exception as exc:  # servers without the json-seq exporter answer 406
-        log.debug("document export unavailable (%s); rebuilding from nodes", exc)
+    server = str(getattr(run, "uri", "")).split("/api/")[0]
+    if server not in _NO_EXPORT:
+        try:
+            docs = [(name, dict(doc)) for name, doc in run.documents()]
+            if docs:
+                return docs
+        except Exception as exc:  # servers without the json-seq exporter answer 406
+            log.debug("document export unavailable (%s); rebuilding from nodes", exc)
+            _NO_EXPORT.add(server)
     return _documents_from_nodes(run)
+
+
+_NO_EXPORT: set[str] = set()  # servers that answered the document export with an error
 
 
 def _documents_from_nodes(run) -> list[tuple[str, dict]]:

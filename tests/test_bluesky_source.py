@@ -75,6 +75,21 @@ def test_simulated_run_gives_a_scanspec_whose_frames_read_back(sim):
     assert ScanSpec.from_dict(spec.to_dict()) == spec
 
 
+def test_documents_as_tiled_replays_them(sim):
+    """Tiled's BlueskyRun.documents() replays one StreamDatum per StreamResource, spanning every
+    frame and event (seen with tiled 0.2.20 + bluesky-tiled-plugins 2); events come after."""
+    uid, rec, settings = sim
+    merged: dict[str, dict] = {}
+    for d in (d for n, d in rec.docs if n == "stream_datum"):
+        m = merged.setdefault(d["stream_resource"], copy.deepcopy(d))
+        m["indices"]["stop"], m["seq_nums"]["stop"] = d["indices"]["stop"], d["seq_nums"]["stop"]
+    docs = [(n, d) for n, d in rec.docs if n not in ("stream_datum", "stop")]
+    docs += [("stream_datum", d) for d in merged.values()] + [rec.docs[-1]]
+    assert len(merged) == 3
+    direct = scan_from_documents(rec.docs, settings.data_roots)
+    assert scan_from_documents(docs, settings.data_roots) == direct
+
+
 def test_is_tomo_run():
     assert is_tomo_run({"plan_name": "tomo_scan"}, ("tomo_scan",))
     assert is_tomo_run({"plan_name": "anything", "tomo": {}}, ("tomo_scan",))

@@ -60,7 +60,7 @@ def test_registration_on_tomopy_projection_pairs():
     (W + s - 1) / 2 with skimage's registration also gives 72.875: 73.375 = (W + 18.75) / 2 is a
     half-pixel slip (mirroring about W/2 instead of (W-1)/2), hidden by that test's rtol=0.25.
     So: the TomoPy pairing must give 72.875, and the pairing that mirrors about W/2, i.e. one
-    more pixel of shift (19.75), gives 73.375. Both within 0.25 px. Measured: 72.925, 73.425.
+    more pixel of shift (19.75), gives 73.375. Both within 0.25 px. Measured: 72.875, 73.375.
     """
     proj0 = peer("projection")
     width = proj0.shape[1]

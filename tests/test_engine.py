@@ -203,3 +203,13 @@ def test_center_search_files_say_the_centre_they_used(scan, tmp_path):
         scores[meta["center"]] = np.corrcoef(img.ravel(), d["truth"][12].ravel())[0, 1]
     assert max(scores, key=scores.get) == CENTER
     json.dumps(scores)
+
+
+def test_running_scheduler_by_address(scan, client, reference, tmp_path):
+    """--scheduler ADDRESS: the engine connects to a running cluster instead of starting one."""
+    spec, _ = scan
+    out = tmp_path / "v.zarr"
+    result = reconstruct(spec, ReconParams(center=CENTER), out,
+                         scheduler=client.scheduler.address, max_slab_rows=8, levels=3)
+    assert is_complete(out) and result.key == reference[0].key
+    np.testing.assert_array_equal(_levels(out)[0], reference[2][0])

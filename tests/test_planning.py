@@ -76,3 +76,13 @@ def test_align_rows_and_plan_round_trip():
     assert align_rows(16, 4) == 16 and align_rows(2, 4) == 8 and align_rows(1, 1) == 1
     p = plan(100, 90, 64, raw_itemsize=4, bytes_per_row=1000, memory_budget=GiB, n_workers=2)
     assert ChunkPlan.from_dict(p.to_dict()) == p
+
+
+def test_memory_sizes_parse_or_fail_clearly():
+    from infra.cluster import parse_memory
+    from tomopipe.errors import ConfigError
+
+    assert parse_memory("4GB") == 4 * 10**9 and parse_memory("512MiB") == 512 * 2**20
+    assert parse_memory(None) is None and parse_memory(1234) == 1234
+    with pytest.raises(ConfigError, match="--memory-limit 'lots'"):
+        parse_memory("lots")

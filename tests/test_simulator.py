@@ -115,6 +115,32 @@ def test_files_hold_uint16_frames_one_per_chunk_as_written(scan):
             np.testing.assert_array_equal(data[()], np.stack(rec.frames[kind]))
 
 
+def test_tiled_writer_consolidates_each_stream_into_a_frame_stack(scan):
+    """What Tiled's TiledWriter makes of the StreamResource/StreamDatum documents (its
+    consolidator, checked against the files; no server needed)."""
+    from bluesky.consolidators import consolidator_factory
+
+    _, rec, _ = scan
+    descriptors = {d["uid"]: d for d in rec.of("descriptor")}
+    resources = {d["uid"]: d for d in rec.of("stream_resource")}
+    made = {}
+    for datum in rec.of("stream_datum"):
+        sres = datum["stream_resource"]
+        if sres not in made:
+            made[sres] = (descriptors[datum["descriptor"]]["name"],
+                          consolidator_factory(resources[sres], descriptors[datum["descriptor"]]))
+        made[sres][1].consume_stream_datum(datum)
+    shapes = {}
+    for stream, consolidator in made.values():
+        consolidator.validate()  # opens the file and checks shape and dtype
+        source = consolidator.get_data_source()
+        assert source.mimetype == "application/x-hdf5"
+        assert source.parameters["dataset"] == "/entry/data/data"
+        shapes[stream] = tuple(source.structure.shape)
+    assert shapes == {"dark": (DARKS, ROWS, SIZE), "flat": (FLATS, ROWS, SIZE),
+                      "primary": (ANGLES, ROWS, SIZE)}
+
+
 def test_frames_are_the_phantom_through_a_nonuniform_beam(scan):
     _, rec, _ = scan
     darks = np.stack(rec.frames["dark"]).astype(float)
@@ -207,6 +233,14 @@ def test_command_without_a_bus_says_how_to_get_one(tmp_path, monkeypatch, capsys
     _, err = capsys.readouterr()
     assert rc == 1
     assert "--zmq" in err and "tomopipe up" in err
+
+
+def test_a_bus_address_nobody_serves_is_refused(tmp_path):
+    from tomopipe.errors import ServiceError
+
+    with pytest.raises(ServiceError, match="nothing accepts connections"):
+        simulate(load_settings(tmp_path), size=16, rows=2, angles=2, fps=None, sample="x",
+                 publish_to=f"127.0.0.1:{_free_port()}")
 
 
 # -- through a real 0MQ proxy ---------------------------------------------------------------

@@ -149,3 +149,32 @@ def test_directory_resource_expands_to_files_each_checked(run_root, tmp_path):
     uid, files, stopped = files_from_documents(docs, [run_root])
     assert uid == "u2" and not stopped and [f.name for f in files] == [
         "img_000.tif", "img_001.tif", "img_002.tif"]
+
+
+def test_scan_spec_manifest_and_relocation(run_root, tmp_path):
+    from tasks.sources.spec import FrameSet, ScanSpec
+    from tasks.staging.scan import manifest_for_spec, relocate_spec, spec_files
+    from tasks.transfer.local import LocalMover
+
+    det, flat = str(run_root / "run1" / "det.h5"), str(run_root / "run1" / "flat.h5")
+    spec = ScanSpec(label="run-1", projections=(FrameSet(det, "/entry/data", (0, 1)),),
+                    flats=(FrameSet(flat, "/entry/data"),), darks=(FrameSet(det, "/entry/data",
+                                                                            (2, 3)),),
+                    angles_deg=(0.0, 90.0), n_rows=8, n_cols=8, dtype="uint16",
+                    identity="run-1")
+    assert spec_files(spec) == [det, flat]
+    m = manifest_for_spec(spec, [run_root])
+    assert m.run_uid == "run-1" and [e.relpath for e in m.entries] == ["run1/det.h5",
+                                                                       "run1/flat.h5"]
+    dest = tmp_path / "moved"
+    assert LocalMover().transfer(m, dest).complete
+    moved = relocate_spec(spec, m, dest, transfer={"mover": "local"})
+    assert moved.projections[0].path == str(dest / "run1" / "det.h5")
+    assert moved.projections[0].indices == (0, 1) and moved.darks[0].indices == (2, 3)
+    assert moved.flats[0].path == str(dest / "run1" / "flat.h5")
+    assert moved.extra["transfer"] == {"mover": "local"}
+    with h5py.File(moved.flats[0].path) as f:
+        assert int(f["entry/data"][0, 0, 0]) == 7
+    escaped = ScanSpec(**{**spec.__dict__, "flats": (FrameSet("/etc/passwd", "/x"),)})
+    with pytest.raises(PathEscapeError, match="run-1"):
+        manifest_for_spec(escaped, [run_root])

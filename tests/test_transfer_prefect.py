@@ -147,3 +147,36 @@ def test_stage_run_refuses_escape_in_a_flow(prefect_api, tmp_path):
         stage([("start", {"uid": "uid-x"}),
                ("resource", {"root": "/etc", "resource_path": "passwd"})])
     assert build_manifest  # the plain function stays importable without Prefect
+
+
+def test_move_scan_data_returns_spec_on_verified_copies(prefect_api, tmp_path):
+    from prefect import flow
+
+    from tasks.sources.spec import FrameSet, ScanSpec
+    from tasks.transfer.prefect_tasks import move_scan_data
+    from tasks.transfer.sites import parse_transfer_config
+
+    raw = tmp_path / "raw"
+    (raw / "r").mkdir(parents=True)
+    (raw / "r" / "scan.h5").write_bytes(os.urandom(3000))
+    spec = ScanSpec(label="uid-s", projections=(FrameSet(str(raw / "r" / "scan.h5"), "/d"),),
+                    flats=(), darks=(), angles_deg=(0.0,), n_rows=1, n_cols=1, dtype="u2",
+                    identity="uid-s")
+    cfg = parse_transfer_config({"bl": {"root": str(raw)}, "hpc": {}},
+                                {"source": "bl", "destination": "hpc",
+                                 "destination_path": str(tmp_path / "scratch")}, {})
+    in_place = parse_transfer_config({}, {}, {})
+
+    @flow
+    def stage_and_move(spec, cfg):
+        return move_scan_data(spec, data_roots=[str(raw)], cfg=cfg,
+                              ledger=str(tmp_path / "ledger"),
+                              manifest_path=str(tmp_path / "prov" / "manifest.json"))
+
+    moved = stage_and_move(spec, cfg)
+    want = tmp_path / "scratch" / "uid-s" / "r" / "scan.h5"
+    assert moved.projections[0].path == str(want)
+    assert want.read_bytes() == (raw / "r" / "scan.h5").read_bytes()
+    assert moved.extra["transfer"]["mover"] == "local"
+    assert (tmp_path / "prov" / "manifest.json").exists()
+    assert stage_and_move(spec, in_place) == spec  # no destination configured: read in place

@@ -149,6 +149,7 @@ def simulate(settings: Settings, *, size: int, rows: int, angles: int, fps: floa
     if publish_to:
         from bluesky.callbacks.zmq import Publisher
 
+        _check_listening(publish_to)
         try:
             publisher = Publisher(publish_to, serializer=pack)
         except Exception as exc:  # zmq raises for malformed addresses
@@ -176,6 +177,25 @@ def simulate(settings: Settings, *, size: int, rows: int, angles: int, fps: floa
             time.sleep(0.2)  # let the last messages leave the socket
             publisher.close()
         _stop_loop(RE)
+
+
+def _check_listening(address: str) -> None:
+    """0MQ connects lazily and drops messages to nobody: refuse a TCP address nothing serves."""
+    import socket
+
+    text = address.split("://", 1)[1] if "://" in address else address
+    if address.startswith(("ipc://", "inproc://")) or ":" not in text:
+        return
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if host in ("*", "0.0.0.0"):
+        host = "127.0.0.1"
+    try:
+        with socket.create_connection((host, int(port)), timeout=3):
+            return
+    except (OSError, ValueError) as exc:
+        raise ServiceError(f"document bus {address!r}: nothing accepts connections there "
+                           f"({exc}); is the 0MQ proxy (`tomopipe up`) running?") from exc
 
 
 def _stop_loop(RE) -> None:

@@ -23,6 +23,7 @@ FINE_MAX_ANGLES = 360
 AGREEMENT_SCALE_PX = 1.0  # confidence = exp(-d^2 / (2 * scale^2)) for a disagreement d in pixels
 DISAGREE_PX = 2.0  # beyond this the two methods are not averaged; Vo's value is kept
 SINGLE_METHOD_CONFIDENCE = 0.5
+VO_WEIGHT = 2 / 3  # in the combined value; Vo uses every angle, registration two frames
 
 
 @dataclass(frozen=True)
@@ -197,13 +198,25 @@ def _upsampled_peak(cross: np.ndarray, peak: tuple[int, int], factor: int) -> tu
     return float(ys[iy]), float(xs[ix])
 
 
+WHITENING = 0.5  # cross-power divided by |cross|**WHITENING (1: pure phase correlation)
+LOWPASS = 0.05  # Gaussian weight on the cross-power, sigma in cycles per pixel
+
+
 def registration_shift(reference, moving, *, upsample: int = 20) -> tuple[float, float, float]:
-    """(dy, dx, peak): ``reference(y, x) ~ moving(y - dy, x - dx)`` by phase correlation with
-    sub-pixel refinement to 1/upsample pixel; peak is the normalised correlation peak (0..1)."""
+    """(dy, dx, peak): ``reference(y, x) ~ moving(y - dy, x - dx)`` by (partially whitened)
+    phase correlation with sub-pixel refinement to 1/upsample pixel; peak is the correlation
+    maximum. Pure phase correlation weights every frequency alike, so noisy high frequencies
+    scatter the peak (0.45 px rms on a 2048-pixel phantom with 1 % noise); half whitening and a
+    Gaussian low-pass (which smooths the correlation surface without moving its maximum) cut
+    that to 0.04 px rms, 0.06 px at 3 % noise."""
     a = reference - reference.mean()
     m = moving - moving.mean()
     cross = sfft.fft2(a) * np.conj(sfft.fft2(m))
-    cross /= np.abs(cross) + 1e-12 * np.abs(cross).max() + 1e-30
+    magnitude = np.abs(cross) ** WHITENING
+    cross /= magnitude + 1e-12 * magnitude.max() + 1e-30
+    ky = np.fft.fftfreq(cross.shape[0])[:, None]
+    kx = np.fft.fftfreq(cross.shape[1])[None, :]
+    cross *= np.exp(-(kx**2 + ky**2) / (2 * LOWPASS**2))
     corr = sfft.ifft2(cross).real
     iy, ix = np.unravel_index(int(np.argmax(corr)), corr.shape)
     dy, dx = _upsampled_peak(cross, (int(iy), int(ix)), upsample)
@@ -215,13 +228,15 @@ def registration_shift(reference, moving, *, upsample: int = 20) -> tuple[float,
 
 def find_center_registration(proj0, proj180, *, upsample: int = 20) -> float:
     """Centre from a projection and the one taken 180 degrees later: the later one is mirrored
-    left-right and registered onto the first by phase correlation (sub-pixel, 1/upsample px).
+    left-right and registered onto the first (``registration_shift``: sub-pixel, 1/upsample px).
 
     proj0, proj180: (rows, cols) frames (or single rows (cols,)) of the same shape, after
     minus-log or not (both alike). If the mirrored frame matches proj0 shifted by s pixels,
     c = (cols - 1 + s) / 2.
     """
     a = as_array(proj0, "proj0", (1, 2), "(rows, cols) or (cols,)")
+    if a.shape[-1] < 8:
+        raise ArrayInputError("proj0", f"has {a.shape[-1]} columns: too few to register")
     b = as_array(proj180, "proj180", (1, 2), "(rows, cols) or (cols,)")
     if a.shape != b.shape:
         raise ArrayInputError("proj180", f"shape {b.shape} does not match proj0's {a.shape}")
@@ -231,7 +246,11 @@ def find_center_registration(proj0, proj180, *, upsample: int = 20) -> float:
         raise ArrayInputError("upsample", f"must be a positive integer, got {upsample}")
     a2 = np.atleast_2d(a).astype(np.float64)
     b2 = np.atleast_2d(b).astype(np.float64)
-    _, dx, _ = registration_shift(a2, b2[:, ::-1], upsample=int(upsample))
+    # Register the horizontal gradients, not the values: an object cut by the detector edge
+    # leaves a step at the FFT's wrap point in both frames, which pulls the peak to zero shift
+    # (4 px off on a truncated 512-pixel phantom); the gradients carry no such step.
+    grad_a, grad_m = np.diff(a2, axis=1), np.diff(b2[:, ::-1], axis=1)
+    _, dx, _ = registration_shift(grad_a, grad_m, upsample=int(upsample))
     return (a2.shape[1] - 1 + dx) / 2
 
 
@@ -261,8 +280,9 @@ def auto_center(sinos, angles_rad, *, step: float = 0.25) -> CenterEstimate:
     - "registration": the frames nearest theta0 (smallest angle) and theta0 + 180 degrees,
       mirrored and registered; needs such a pair within one angular step (at most 1 degree).
     Combination, with d = |vo - registration| in pixels:
-    - both, d <= 2 px: value = their mean, confidence = exp(-d^2 / 2) (1 px scale: d = 0.25
-      gives 0.97, 0.5 gives 0.88, 1 gives 0.61, 2 gives 0.14); method "vo+registration".
+    - both, d <= 2 px: value = (2 * vo + registration) / 3 (Vo uses every angle, registration
+      two frames), confidence = exp(-d^2 / 2) (1 px scale: d = 0.25 gives 0.97, 0.5 gives
+      0.88, 1 gives 0.61, 2 gives 0.14); method "vo+registration".
     - both, d > 2 px: value = Vo's (it uses every angle), same confidence formula (< 0.14);
       method "vo (registration disagrees)".
     - one usable: its value, confidence 0.5, method "vo" or "registration"; notes say why.
@@ -294,7 +314,8 @@ def auto_center(sinos, angles_rad, *, step: float = 0.25) -> CenterEstimate:
         d = abs(estimates["vo"] - estimates["registration"])
         confidence = math.exp(-0.5 * (d / AGREEMENT_SCALE_PX) ** 2)
         if d <= DISAGREE_PX:
-            value, method = (estimates["vo"] + estimates["registration"]) / 2, "vo+registration"
+            value = VO_WEIGHT * estimates["vo"] + (1 - VO_WEIGHT) * estimates["registration"]
+            method = "vo+registration"
         else:
             value, method = estimates["vo"], "vo (registration disagrees)"
     elif estimates:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pywt
+from scipy import fft as sfft
 from scipy import ndimage
 
 from tasks.preprocess._validate import ArrayInputError, as_array, require_finite
@@ -64,14 +65,15 @@ def remove_stripe_fw(
     margin = extra // 2
     work = np.pad(stack, ((0, 0), (margin, extra - margin), (0, 0))) if extra else stack
 
-    approx = work.astype(np.float64)
+    approx = work  # float32: PyWavelets keeps it, at half the time and memory of float64
     details = []
     for _ in range(int(level)):
         approx, (c_h, c_v, c_d) = pywt.dwt2(approx, wavelet, axes=(-2, -1))
-        k = np.fft.fftfreq(c_v.shape[-2]) * c_v.shape[-2]  # integer frequency index along angles
-        damp = -np.expm1(-(k**2) / (2.0 * sigma**2))
-        c_v = np.fft.ifft(np.fft.fft(c_v, axis=-2) * damp[:, None], axis=-2).real
-        details.append((c_h, c_v, c_d))
+        m = c_v.shape[-2]
+        k = np.fft.rfftfreq(m) * m  # integer frequency index along the angles
+        damp = (-np.expm1(-(k**2) / (2.0 * sigma**2))).astype(np.float32)
+        c_v = sfft.irfft(sfft.rfft(c_v, axis=-2) * damp[:, None], n=m, axis=-2)
+        details.append((c_h, c_v.astype(c_h.dtype, copy=False), c_d))
     for c_h, c_v, c_d in reversed(details):
         # idwt2 can return one extra sample on odd sizes: trim the approximation to the details.
         approx = approx[..., : c_h.shape[-2], : c_h.shape[-1]]
@@ -91,10 +93,14 @@ def remove_stripe_sort(sinos, *, size: int = 21) -> np.ndarray:
     if int(size) != size or size < 3:
         raise ArrayInputError("size", f"must be an integer >= 3, got {size}")
     angle_axis = arr.ndim - 2
-    order = np.argsort(arr, axis=angle_axis, kind="stable")
+    order = np.argsort(arr, axis=angle_axis)
     ordered = np.take_along_axis(arr, order, axis=angle_axis)
-    footprint = (1, int(size)) if arr.ndim == 2 else (1, 1, int(size))
-    smoothed = ndimage.median_filter(ordered, size=footprint, mode="reflect")
+    # One 1-D median per line: SciPy's 1-D median path is ~8x faster than a (1, size) footprint.
+    lines = ordered.reshape(-1, ordered.shape[-1])
+    smoothed = np.empty_like(lines)
+    for i, line in enumerate(lines):
+        smoothed[i] = ndimage.median_filter(line, size=int(size), mode="reflect")
+    smoothed = smoothed.reshape(ordered.shape)
     out = np.empty_like(arr)
     np.put_along_axis(out, order, smoothed, axis=angle_axis)
     return out

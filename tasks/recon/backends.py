@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
+from functools import partial
 
 from tasks.recon.astra_backend import AstraBackend
 from tasks.recon.base import Backend
@@ -16,7 +18,7 @@ from tomopipe.errors import ConfigError
 BACKENDS: dict[str, Callable[[], Backend]] = {
     "gpu-fourier": GpuFourierBackend,
     "fourier": FourierBackend,
-    "astra-cuda": lambda: AstraBackend(cuda=True),
+    "astra-cuda": partial(AstraBackend, cuda=True),
     "astra": AstraBackend,
     "tomopy": TomopyBackend,
 }
@@ -65,10 +67,7 @@ def get_backend(name: str = "auto", algorithm: str = "fbp", **options) -> Backen
 
 
 def _make(name: str, options: dict) -> Backend:
+    """Build backend ``name`` with the options its constructor takes (others are for others)."""
     make = BACKENDS[name]
-    if not options:
-        return make()
-    try:
-        return make(**options)
-    except TypeError:
-        return make()  # options that backend does not take (e.g. nthreads for astra)
+    accepted = inspect.signature(make).parameters
+    return make(**{k: v for k, v in options.items() if k in accepted})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import os
 import platform
 import time
@@ -133,7 +134,6 @@ def find_center(spec: ScanSpec, params: ReconParams, rows: tuple[int, int]) -> d
 
 def run_slab(job: SlabJob) -> dict:
     """Reconstruct one slab and write it; runs on a worker. Idempotent (done-marker)."""
-    from tasks.recon.backends import get_backend
     from tasks.recon.slab import reconstruct_slab
     from tasks.sources.hdf5io import read_slab
     from tasks.storage.omezarr import write_levels
@@ -146,7 +146,8 @@ def run_slab(job: SlabJob) -> dict:
         t0 = time.perf_counter()
         proj, flats, darks = read_slab(job.spec, job.rows)
         t1 = time.perf_counter()
-        backend = get_backend(job.backend, job.params.algorithm, **_worker_threads())
+        backend = _cached_backend(job.backend, job.params.algorithm,
+                                  _worker_threads().get("nthreads"))
         recon = reconstruct_slab(proj, flats, darks, angles_rad(job.spec), job.center, job.params,
                                  backend=backend, pixel_size_um=job.pixel_size_um)
         del proj, flats, darks
@@ -158,6 +159,14 @@ def run_slab(job: SlabJob) -> dict:
     info = {"read_s": t1 - t0, "recon_s": t2 - t1, "write_s": t3 - t2, "pid": os.getpid()}
     publish.mark_slab_done(job.partial, z_rows, info)
     return {"rows": list(job.rows), "skipped": False, **info}
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_backend(name: str, algorithm: str, nthreads: int | None):
+    """One backend per process: backends keep plans (e.g. NUFFT) between slabs."""
+    from tasks.recon.backends import get_backend
+
+    return get_backend(name, algorithm, **({"nthreads": nthreads} if nthreads else {}))
 
 
 def _worker_threads() -> dict:
@@ -209,7 +218,7 @@ def _run_jobs(client, jobs: Sequence[SlabJob], progress, done0: int, total: int)
             if progress:
                 progress(done, total)
         return results
-    from distributed import as_completed
+    from distributed import KilledWorker, as_completed
 
     token = uuid.uuid4().hex[:8]
     futures = [client.submit(run_slab, job, key=f"tomopipe-slab-{job.rows[0]}-{token}",
@@ -220,6 +229,12 @@ def _run_jobs(client, jobs: Sequence[SlabJob], progress, done0: int, total: int)
             done += 1
             if progress:
                 progress(done, total)
+    except KilledWorker as exc:
+        client.cancel(futures)
+        raise TomopipeError(
+            f"a slab killed its Dask worker several times ({exc}); the worker most likely ran "
+            "out of memory: raise --memory-limit or lower --slab-rows, then re-run to resume"
+        ) from None
     except BaseException:
         client.cancel(futures)
         raise
@@ -273,7 +288,10 @@ def reconstruct(spec: ScanSpec, params: ReconParams, out: str | os.PathLike, *, 
         center = find_center(spec, params, rows)
         timings["center_s"] = time.perf_counter() - t
 
+    t = time.perf_counter()
     with _executor(client, scheduler, workers, memory_limit) as dask:
+        timings["cluster_s"] = time.perf_counter() - t
+        t = time.perf_counter()
         if pub.state == "resume":
             chunk_plan = ChunkPlan.from_dict(pub.job["plan"])
         else:
@@ -299,6 +317,7 @@ def reconstruct(spec: ScanSpec, params: ReconParams, out: str | os.PathLike, *, 
             publish.record_job(pub, {"plan": chunk_plan.to_dict(), "center": center,
                                      "backend": {"name": backend_name, "device": backend_device}})
 
+        timings["plan_s"] = time.perf_counter() - t
         slabs = chunk_plan.slabs()
         todo = [s for s in slabs if not publish.slab_done(pub.partial, s)]
         jobs = [SlabJob(spec=spec, rows=(rows[0] + a, rows[0] + b), z0=a, params=params,

@@ -19,7 +19,9 @@ import scipy.fft
 from tasks.recon.base import Backend
 from tasks.recon.filters import filter_response, padded_length
 
-# Tuned on 512 x 720 (see benchmarks/bench_backends.py): correlation with astra's FBP > 0.999.
+# Tuned on 512 x 720 (benchmarks/bench_backends.py): against eps 1e-6, upsampfac 2, pad 2 the
+# result correlates 0.999995 at about half the time; pad 1.5 still covers the square image
+# (|u| <= 0.71 n < 0.75 n, the period of the padded projection).
 DEFAULT_EPS = 1e-3
 DEFAULT_UPSAMPFAC = 1.25
 DEFAULT_PAD = 1.5
@@ -29,8 +31,9 @@ def angle_weights(angles_rad: np.ndarray) -> np.ndarray:
     """Quadrature weights for the angular integral over [0, pi) from any set of angles.
 
     Each angle gets half the gap to its neighbours once folded into [0, pi) (so 0-360 data, where
-    every line is seen twice, gets half weight per view). Gaps much larger than the typical one
-    (limited-angle scans) are capped so the views at the edges are not over-weighted.
+    every line is seen twice, gets half weight per view). A gap over ten times the median one and
+    over 10 degrees (the missing wedge of a limited-angle scan) counts as a median gap, so the
+    views at its edges are not over-weighted; ordinary irregular gaps keep their own width.
     """
     theta = np.mod(np.asarray(angles_rad, dtype=np.float64), np.pi)
     m = theta.size
@@ -40,7 +43,8 @@ def angle_weights(angles_rad: np.ndarray) -> np.ndarray:
     s = theta[order]
     gaps = np.diff(np.concatenate([s, [s[0] + np.pi]]))  # gap after each sorted angle (circular)
     typical = np.median(gaps[gaps > 1e-9]) if np.any(gaps > 1e-9) else np.pi / m
-    gaps = np.minimum(gaps, 2.0 * typical) if gaps.max() > 3.0 * typical else gaps
+    wedge = gaps > max(10.0 * typical, np.deg2rad(10.0))
+    gaps = np.where(wedge, typical, gaps)
     w_sorted = 0.5 * (gaps + np.roll(gaps, 1))
     w = np.empty(m)
     w[order] = w_sorted
@@ -81,8 +85,12 @@ def pack_padded(sinos, n_pad: int, xp=np):
     rows, n_angles, n = sinos.shape
     half = (rows + 1) // 2
     packed = xp.zeros((half, n_angles, n_pad), dtype=np.complex64)
-    packed.real[:, :, :n] = sinos[0::2]
-    packed.imag[: rows // 2, :, :n] = sinos[1::2]
+    if xp is np:  # write through views, no temporaries
+        packed.real[:, :, :n] = sinos[0::2]
+        packed.imag[: rows // 2, :, :n] = sinos[1::2]
+    else:  # array modules whose .real/.imag may be copies
+        packed[:, :, :n] = sinos[0::2]
+        packed[: rows // 2, :, :n] += 1j * sinos[1::2]
     return packed
 
 

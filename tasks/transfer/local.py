@@ -1,9 +1,11 @@
 """The local mover: copy (or hard link) every file of a manifest, verified, atomically.
 
-Each file is written under a temporary name in its destination directory, hashed while it is
-copied (one pass over the source, large blocks), fsynced, read back and hashed again, and only
-then renamed into place. The source's hash must equal the manifest's and its size and mtime must
-not have moved while it was copied. A transfer is recorded complete (a verified manifest under
+Each file is copied inside the kernel (``copy_file_range``) under a temporary name in its
+destination directory, fsynced, read back and hashed, and only then renamed into place. The
+copy's SHA-256 must equal the manifest's (taken of the source at staging): one hash pass per file
+checks the whole path end to end, and the source's size and mtime must not have moved while it
+was copied. Several files move at once, so one file's hashing overlaps another's copy.
+A transfer is recorded complete (a verified manifest under
 ``dest/.tomopipe/``) only when every file passed.
 """
 
@@ -19,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tasks.staging.checksum import BLOCK_SIZE, format_checksum
+from tasks.staging.checksum import BLOCK_SIZE, file_sha256, format_checksum
 from tasks.staging.manifest import Manifest, ManifestEntry
 from tasks.transfer.base import (
     FileResult,
@@ -63,24 +65,39 @@ def hash_fd(fd: int, block_size: int = BLOCK_SIZE) -> tuple[str, int]:
     return format_checksum(digest.hexdigest()), total
 
 
-def copy_and_hash(src_fd: int, dst_fd: int, *, block_size: int = BLOCK_SIZE,
-                  on_block: Callable[[int], None] | None = None) -> tuple[str, int]:
-    """Copy src to dst in one pass, hashing what was read; (checksum, bytes copied)."""
-    digest = hashlib.sha256()
-    buf = bytearray(block_size)
-    view = memoryview(buf)
+def kernel_copy(src_fd: int, dst_fd: int, *, block_size: int = BLOCK_SIZE,
+                on_block: Callable[[int], None] | None = None) -> int:
+    """Copy src to dst (from their current offsets to EOF) inside the kernel; bytes copied.
+
+    ``copy_file_range`` moves pages without a trip through Python (and may share extents on
+    file systems that can); where it is not supported, a plain read/write loop does the job.
+    """
     total = 0
-    with open(src_fd, "rb", buffering=0, closefd=False) as src:
-        while n := src.readinto(buf):
-            chunk = view[:n]
-            digest.update(chunk)  # releases the GIL: other files' copies run meanwhile
+    use_kernel = hasattr(os, "copy_file_range")
+    buf = None
+    while True:
+        if use_kernel:
+            try:
+                n = os.copy_file_range(src_fd, dst_fd, block_size)
+            except OSError as exc:
+                if total or exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL,
+                                              errno.EOPNOTSUPP):
+                    raise
+                use_kernel = False
+                continue
+        else:
+            if buf is None:
+                buf = bytearray(block_size)
+            n = os.readv(src_fd, [buf])
+            view = memoryview(buf)[:n]
             written = 0
             while written < n:
-                written += os.write(dst_fd, chunk[written:])
-            total += n
-            if on_block is not None:
-                on_block(total)
-    return format_checksum(digest.hexdigest()), total
+                written += os.write(dst_fd, view[written:])
+        if not n:
+            return total
+        total += n
+        if on_block is not None:
+            on_block(total)
 
 
 class LocalMover(Mover):
@@ -127,31 +144,31 @@ class LocalMover(Mover):
         try:
             st_before = os.fstat(src_fd)
             self._check_source_unchanged(entry, st_before)
-            if hasattr(os, "posix_fadvise"):
-                os.posix_fadvise(src_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
             dst_fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 on_block = (lambda n: self.on_block(entry.relpath, n)) if self.on_block else None
-                read_sum, copied = copy_and_hash(src_fd, dst_fd, block_size=self.block_size,
-                                                 on_block=on_block)
+                copied = kernel_copy(src_fd, dst_fd, block_size=self.block_size,
+                                     on_block=on_block)
                 st_after = os.stat(entry.path)
                 if (st_after.st_size, st_after.st_mtime_ns) != \
                         (st_before.st_size, st_before.st_mtime_ns) or copied != entry.size:
-                    raise CopyFault(f"source changed during the copy (read {copied} bytes, "
+                    raise CopyFault(f"source changed during the copy (copied {copied} bytes, "
                                     f"manifest says {entry.size}, now {st_after.st_size})")
-                if read_sum != entry.checksum:
-                    raise CopyFault("source content differs from the manifest's checksum "
-                                    "(changed since staging); restage and move again")
                 if self.fsync:
                     os.fsync(dst_fd)
                 if self.fault_hook is not None:
                     self.fault_hook("copied", tmp)
                 if self.verify_from_device:
                     _drop_cache(dst_fd)
+                # End to end: the copy's hash must equal the hash taken of the source at staging.
                 written_sum, written = hash_fd(dst_fd, self.block_size)
                 if written != entry.size:
                     raise CopyFault(f"copy is truncated: {written} of {entry.size} bytes")
                 if written_sum != entry.checksum:
+                    source_sum, _ = file_sha256(entry.path)  # only on failure: say which side
+                    if source_sum != entry.checksum:
+                        raise CopyFault("source content differs from the manifest's checksum "
+                                        "(changed since staging); restage and move again")
                     raise CopyFault("checksum of the written copy differs from the source's")
                 os.utime(dst_fd, ns=(st_before.st_atime_ns, entry.mtime_ns))
             finally:
@@ -176,9 +193,13 @@ class LocalMover(Mover):
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(f".{final.name}.tomopipe-{secrets.token_hex(4)}")
         try:
+            linked = False
             if link_ok and os.stat(entry.path).st_dev == os.stat(final.parent).st_dev:
-                result.status = self._link(entry, tmp, final)
-            else:
+                try:
+                    result.status, linked = self._link(entry, tmp, final), True
+                except PermissionError:  # e.g. fs.protected_hardlinks: copy instead
+                    tmp.unlink(missing_ok=True)
+            if not linked:
                 result.status = self._copy(entry, tmp, final)
             if self.fsync:
                 _fsync_dir(final.parent)

@@ -1,6 +1,11 @@
 """Thin Prefect tasks over staging and transfer, for the flows to call.
 
-Typical use in a flow::
+Typical use in a flow, from a ScanSpec (what the flows hold)::
+
+    spec = move_scan_data(spec, data_roots=settings.data_roots)  # no-op without a destination
+    # reconstruct from the returned spec at once: it reads the checksum-verified copies
+
+or from a run's documents::
 
     manifest = stage_run(docs, settings.data_roots)          # waits for the run to finish writing
     report = move_run_data(manifest)                         # queues on the transfer limits
@@ -18,11 +23,13 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
+from tasks.sources.spec import ScanSpec
 from tasks.staging.manifest import Manifest, manifest_from_documents
+from tasks.staging.scan import manifest_for_spec, relocate_spec
 from tasks.transfer.backpressure import ensure_transfer_limits, transfer_slot
 from tasks.transfer.base import TransferError, TransferReport
 from tasks.transfer.ledger import ledger_dir
-from tasks.transfer.movers import move_results, move_run
+from tasks.transfer.movers import move_results, move_run, run_destination
 from tasks.transfer.sites import TransferConfig, load_transfer_config
 
 
@@ -104,3 +111,32 @@ def move_results_back(volume_dir: str, run_uid: str, cfg: TransferConfig | None 
     if not report.complete:
         raise TransferError(report.summary(), report)
     return report
+
+
+@task(name="move-scan-data", retries=1, retry_delay_seconds=30)
+def move_scan_data(spec: ScanSpec, data_roots: list | None = None,
+                   cfg: TransferConfig | None = None, ledger: str | None = None,
+                   manifest_path: str | None = None) -> ScanSpec:
+    """Stage and move the files a scan reads; the spec that reads the verified copies.
+
+    With no ``transfer.destination`` configured the spec is returned as it is (read in place).
+    ``data_roots``: resolve every path under them first (a scan from a run's documents).
+    ``manifest_path``: also save the manifest there (next to the volume's provenance).
+    """
+    cfg = _config(cfg)
+    manifest = manifest_for_spec(spec, data_roots)
+    if manifest_path:
+        manifest.save(manifest_path)
+    dest = run_destination(cfg, manifest.run_uid)
+    if dest is None:
+        return spec
+    ensure_transfer_limits(cfg.transfer)
+    with transfer_slot(manifest.total_bytes, cfg.transfer):
+        report = move_run(manifest, cfg, dest=dest, ledger=_ledger(ledger))
+    get_run_logger().info(report.summary())
+    if not report.complete:
+        raise TransferError(report.summary(), report)
+    summary = {"mover": report.mover, "task_id": report.task_id,
+               "destination": report.destination, "files": len(report.files),
+               "bytes_moved": report.bytes_moved}
+    return relocate_spec(spec, manifest, dest, transfer=summary)

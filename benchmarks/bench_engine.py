@@ -1,0 +1,111 @@
+"""Engine benchmark: speed-up from one to two Dask workers, and peak memory per worker.
+
+    .venv/bin/python benchmarks/bench_engine.py [--n 512] [--angles 360] [--rows 64]
+                                                [--memory-limit 420MB] [--json PATH]
+
+The same Data Exchange phantom is reconstructed on a fresh LocalCluster of one and of two
+single-threaded workers (fixed centre, so only the slab phase differs). Peak memory is each
+worker's peak resident set (ru_maxrss) after a run, for two detector row counts with the same
+memory budget: with slabs sized by the budget it should not grow with the number of rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from distributed import Client, LocalCluster
+
+from infra.datasets import make_phantom_scan, write_dxchange
+from tasks.recon.engine import reconstruct
+from tasks.recon.params import ReconParams
+from tasks.sources import open_scan
+
+MiB = 2**20
+
+
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def write_scan(folder: Path, n: int, rows: int, angles: int) -> Path:
+    d = make_phantom_scan(n, rows, angles, n_flats=10, n_darks=10, with_truth=False)
+    path = folder / f"phantom_{n}x{rows}x{angles}.h5"
+    write_dxchange(path, d["projections"], d["flats"], d["darks"], d["angles_deg"])
+    return path
+
+
+def run_once(path: Path, out: Path, workers: int, memory_limit: str) -> dict:
+    spec = open_scan(path)
+    for old in (out, out.with_name("warm-" + out.name)):
+        shutil.rmtree(old, ignore_errors=True)
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                      dashboard_address=":0", memory_limit=memory_limit) as cluster, \
+            Client(cluster) as client:
+        params = ReconParams(center=spec.n_cols / 2)
+        # a first run warms the workers (imports, NUFFT plans), as on a long-lived cluster
+        reconstruct(spec, params, out.with_name("warm-" + out.name), client=client)
+        t = time.perf_counter()
+        result = reconstruct(spec, params, out, client=client)
+        wall = time.perf_counter() - t
+        peaks = list(client.run(_peak_rss).values())
+    from tasks.storage.omezarr import read_provenance
+
+    plan = read_provenance(out)["plan"]
+    return {"workers": workers, "rows": spec.n_rows, "seconds": wall,
+            "slab_phase_s": result.timings["slabs_s"], "slab_rows": plan["slab_rows"],
+            "n_slabs": plan["n_slabs"], "peak_worker_mib": max(peaks) / MiB}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=512, help="detector columns (slice n x n)")
+    ap.add_argument("--angles", type=int, default=360)
+    ap.add_argument("--rows", type=int, default=64, help="rows for the speed-up runs")
+    ap.add_argument("--memory-limit", default="420MB", help="per worker")
+    ap.add_argument("--json", type=Path, help="write the figures here")
+    args = ap.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="bench_engine_") as tmp:
+        tmp = Path(tmp)
+        scan = write_scan(tmp, args.n, args.rows, args.angles)
+        speed = [run_once(scan, tmp / f"w{w}.zarr", w, args.memory_limit) for w in (1, 2)]
+        big = write_scan(tmp, args.n, args.rows * 3, args.angles)
+        memory = [speed[0], run_once(big, tmp / "big.zarr", 1, args.memory_limit)]
+
+    t1, t2 = speed[0]["slab_phase_s"], speed[1]["slab_phase_s"]
+    figures = {
+        "dataset": {"n": args.n, "angles": args.angles, "rows": args.rows},
+        "memory_limit": args.memory_limit,
+        "speed": speed,
+        "speedup_slab_phase": t1 / t2,
+        "speedup_total": speed[0]["seconds"] / speed[1]["seconds"],
+        "memory": memory,
+        "peak_ratio_rows": memory[1]["peak_worker_mib"] / memory[0]["peak_worker_mib"],
+        "cpus": os.cpu_count(),
+        "load_average_1min": os.getloadavg()[0],
+    }
+    print(f"{'workers':>7} {'rows':>5} {'slab rows':>9} {'slabs':>5} {'total s':>8} "
+          f"{'slab phase s':>12} {'peak MiB/worker':>15}")
+    for r in speed + memory[1:]:
+        print(f"{r['workers']:>7} {r['rows']:>5} {r['slab_rows']:>9} {r['n_slabs']:>5} "
+              f"{r['seconds']:>8.2f} {r['slab_phase_s']:>12.2f} {r['peak_worker_mib']:>15.0f}")
+    print(f"speed-up 1 -> 2 workers: slab phase {figures['speedup_slab_phase']:.2f}x, "
+          f"total {figures['speedup_total']:.2f}x (target >= 1.8x)")
+    print(f"peak memory per worker, {memory[1]['rows']} vs {memory[0]['rows']} rows: "
+          f"{figures['peak_ratio_rows']:.2f}x (target: 1.0, independent of rows)")
+    print(f"machine: {figures['cpus']} CPUs, load average {figures['load_average_1min']:.1f} "
+          "(a speed-up needs idle cores)")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,110 @@
+"""Latency of the live path: start document -> live flow running, stop document -> volume
+published (beyond the reconstruction's own time).
+
+Runs simulated scans through the running services of $TOMOPIPE_HOME (``tomopipe up`` first, or
+pass --up to start them here) and prints one JSON object per scan plus a summary:
+
+    .venv/bin/python benchmarks/bench_latency.py --size 256 --rows 256 --angles 360 --repeat 2
+
+Times: the start/stop documents' own ``time`` fields, the flow run's ``start_time`` from the
+Prefect API, the result record's update time (written when the volume is published) and the
+engine's own reconstruction time from the result record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+
+
+def _ts(text: str | None) -> float | None:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() if text else None
+
+
+def live_flow_run(api: str, uid: str, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    body = {"flows": {"name": {"any_": ["live-run"]}}, "limit": 200}
+    while time.monotonic() < deadline:
+        runs = httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10).json()
+        for fr in runs:
+            if (fr.get("parameters") or {}).get("uid") == uid and fr["state_type"] in (
+                    "COMPLETED", "FAILED", "CRASHED"):
+                return fr
+        time.sleep(0.5)
+    raise TimeoutError(f"no finished live-run flow run for {uid} after {timeout} s")
+
+
+def measure(home: Path, state: dict, *, size: int, rows: int, angles: int, fps: float | None,
+            timeout: float) -> dict:
+    from infra.simulator.run import simulate
+    from tasks import catalog_writeback, runs
+    from tomopipe.config import load_settings
+
+    uid = simulate(load_settings(home), size=size, rows=rows, angles=angles, fps=fps,
+                   sample="latency-bench", publish_to=state["zmq_in"])
+    fr = live_flow_run(state["prefect_api"], uid, timeout)
+    start, stop = runs.run_metadata(runs.catalog_for_home(home)[uid])
+    row = catalog_writeback.read_one(home, uid)
+    if fr["state_type"] != "COMPLETED" or row["state"] != "completed":
+        return {"uid": uid, "error": fr["state"].get("message")}
+    recon_s = float(row["details"]["recon_s"])
+    flow_start = _ts(fr["start_time"])
+    published = float(row["updated"])
+    return {
+        "uid": uid, "size": size, "rows": rows, "angles": angles,
+        "start_doc_to_flow_running_s": round(flow_start - start["time"], 3),
+        "stop_doc_to_published_s": round(published - stop["time"], 3),
+        "reconstruction_s": round(recon_s, 3),
+        "overhead_beyond_reconstruction_s": round(published - stop["time"] - recon_s, 3),
+        "scan_s": round(stop["time"] - start["time"], 3),
+        "flow_total_s": round(_ts(fr["end_time"]) - flow_start, 3),
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=256, help="detector columns")
+    p.add_argument("--rows", type=int, default=256, help="detector rows")
+    p.add_argument("--angles", type=int, default=360)
+    p.add_argument("--fps", type=float, default=None, help="frames per second (default: max)")
+    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--timeout", type=float, default=900.0)
+    p.add_argument("--up", action="store_true", help="start the services of the home first")
+    args = p.parse_args(argv)
+
+    from tasks.runs import services_of
+    from tomopipe.config import home as default_home
+    from tomopipe.config import load_settings
+
+    home = default_home()
+    if args.up:
+        from infra import services
+
+        services.up(load_settings(home))
+    state = services_of(home)
+    os.environ["PREFECT_API_URL"] = state["prefect_api"]
+    results = []
+    for _ in range(args.repeat):
+        r = measure(home, state, size=args.size, rows=args.rows, angles=args.angles,
+                    fps=args.fps, timeout=args.timeout)
+        print(json.dumps(r), flush=True)
+        results.append(r)
+    good = [r for r in results if "error" not in r]
+    if good:
+        summary = {k: round(statistics.median(r[k] for r in good), 3) for k in (
+            "start_doc_to_flow_running_s", "stop_doc_to_published_s", "reconstruction_s",
+            "overhead_beyond_reconstruction_s")}
+        print(json.dumps({"median": summary, "n": len(good)}))
+    return 0 if len(good) == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

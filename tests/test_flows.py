@@ -1,0 +1,122 @@
+"""The flows against the real embedded services: a live scan reconstructed from its events, an
+aborted scan, `tomopipe runs`, and a catalog backfill run twice.
+
+Scans are small (32 px, 8 rows, 45 angles) and the flows reconstruct in-process (workers=0).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import zarr
+from test_flows_support import (  # noqa: F401  (e2_services is a fixture)
+    LIVE,
+    artifacts_of,
+    e2_services,
+    final_run,
+    phantom_reference,
+    publish,
+    wait_for,
+)
+
+from tasks import catalog_writeback
+from tasks.storage.omezarr import is_complete, read_provenance
+from tomopipe.cli import main as cli
+
+SIZE, ROWS, ANGLES = 32, 8, 45
+
+
+def _simulate(home, state, **kw):
+    from infra.simulator.run import simulate
+    from tomopipe.config import load_settings
+
+    return simulate(load_settings(home), size=SIZE, rows=ROWS, angles=ANGLES, fps=None,
+                    sample=kw.pop("sample", "flows-test"), publish_to=state["zmq_in"], **kw)
+
+
+def _appender(docs: list):
+    return lambda name, doc: docs.append((name, doc))
+
+
+def _cli_json(*argv) -> object:
+    out = io.StringIO()
+    with redirect_stdout(out):
+        code = cli(list(argv))
+    assert code in (0, 1), out.getvalue()
+    return json.loads(out.getvalue())
+
+
+def test_live_scan_is_reconstructed(e2_services):  # noqa: F811
+    home, state = e2_services
+    uid = _simulate(home, state)
+    fr = final_run(state, LIVE, uid, 240)
+    assert fr["state_type"] == "COMPLETED", fr["state"]
+
+    row = catalog_writeback.read_one(home, uid)
+    out = Path(row["output"])
+    assert row["state"] == "completed" and is_complete(out)
+    assert read_provenance(out)["key"] == row["key"]
+    volume = zarr.open_array(str(out / "0"), mode="r")[:]
+    reference = phantom_reference(SIZE, ROWS)
+    assert volume.shape == reference.shape
+    # inside the reconstruction circle the volume follows the phantom
+    yy, xx = np.mgrid[:SIZE, :SIZE] - (SIZE - 1) / 2
+    inside = (yy**2 + xx**2) < (0.4 * SIZE) ** 2
+    corr = np.corrcoef(volume[:, inside].ravel(), reference[:, inside].ravel())[0, 1]
+    assert corr > 0.8, corr
+    assert Path(row["details"]["preview"]).stat().st_size > 100
+
+    kinds = {a["type"] for a in artifacts_of(state, fr["id"])}
+    assert {"progress", "table", "image", "markdown"} <= kinds, kinds
+
+    listed = {r["uid"]: r for r in _cli_json("runs", "--json")}
+    assert listed[uid]["state"] == "completed" and listed[uid]["output"] == str(out)
+    assert listed[uid]["plan_name"] == "tomo_scan"
+
+
+def test_aborted_scan_fails_with_its_reason(e2_services):  # noqa: F811
+    home, state = e2_services
+    uid = _simulate(home, state, abort_after=5)
+    fr = final_run(state, LIVE, uid, 240)
+    assert fr["state_type"] == "FAILED"
+    assert "abort" in fr["state"]["message"], fr["state"]["message"]
+    row = catalog_writeback.read_one(home, uid)
+    assert row["state"] == "failed" and row["output"] is None and "abort" in row["message"]
+    from tomopipe.config import load_settings
+
+    assert not (load_settings(home).output_root / uid).exists()  # no volume
+    listed = {r["uid"]: r for r in _cli_json("runs", "--json")}
+    assert listed[uid]["state"] == "failed" and "abort" in listed[uid]["message"]
+
+
+def test_backfill_then_everything_is_skipped(e2_services):  # noqa: F811
+    """Runs written straight to the catalog (no events, so no live flow) get reconstructed by
+    the backfill deployment; a second backfill finds them all done."""
+    home, state = e2_services
+    from deployments.catalog_writer import CatalogWriter
+    from infra.simulator.run import simulate
+    from tasks import runs
+    from tomopipe.config import load_settings
+
+    settings = load_settings(home)
+    writer = CatalogWriter(runs.catalog_for_home(home))
+    uids = []
+    for _ in range(2):
+        docs: list = []
+        uid = simulate(settings, size=SIZE, rows=ROWS, angles=ANGLES, fps=None,
+                       sample="backfill-test", callbacks=[_appender(docs)])
+        for name, doc in docs:
+            writer.write(name, doc, uid)
+        uids.append(uid)
+
+    first = _cli_json("backfill", "--sample", "backfill-test", "--json")
+    assert first == {"matched": 2, "reconstructed": 2, "skipped": 0, "failed": 0}, first
+    for uid in uids:
+        row = catalog_writeback.read_one(home, uid)
+        assert row["state"] == "completed" and is_complete(row["output"])
+    again = _cli_json("backfill", "--sample", "backfill-test", "--json")
+    assert again == {"matched": 2, "reconstructed": 0, "skipped": 2, "failed": 0}, again
