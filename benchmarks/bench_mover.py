@@ -2,12 +2,13 @@
 
 A run of ``--size-gb`` GB in ``--files`` files is written once; then, alternately and
 ``--repeat`` times, ``cp -r`` (and ``cp -r`` + ``sync``, which like the mover puts the bytes on
-the device) and the LocalMover (one-pass copy + SHA-256 of the source, fsync, read-back + SHA-256
-of the copy, atomic rename) copy it to fresh destinations on the same file system. The source
+the device) and the LocalMover (kernel copy, read-back + SHA-256 of the copy compared with the
+manifest's, fsync, atomic rename; with the read-back from the page cache or from the device)
+copy it to fresh destinations on the same file system. The source
 is in the page cache for every contender (it was just written and is re-read each round).
 Staging (the manifest's own checksum pass) is timed separately.
 
-    .venv/bin/python benchmarks/bench_mover.py --size-gb 1 --files 8 --repeat 3
+    .venv/bin/python benchmarks/bench_mover.py --size-gb 1 --files 8 --repeat 5
 """
 
 from __future__ import annotations
@@ -67,8 +68,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-gb", type=float, default=1.0)
     ap.add_argument("--files", type=int, default=8)
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
     ap.add_argument("--json", default=None, help="write the figures here too")
     args = ap.parse_args(argv)

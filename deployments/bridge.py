@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from deployments.events import START, STOP, run_resource, start_payload, stop_payload
-from deployments.ledger import Journal, Ledger
+from deployments.ledger import Journal, Ledger, Spool
 from tomopipe.errors import InputError
 
 log = logging.getLogger("tomopipe.bridge")
@@ -105,7 +105,11 @@ class Bridge:
         if uid in self._ignored:
             return
         if name == "start":
-            if uid in self._starts or self.ledger.has(uid, START):
+            # a run seen before is ignored; without a writer of our own, a start already
+            # reconciled from the facility's catalog is taken up (its events stay single)
+            writes = getattr(self.writer, "catalog", None) is not None
+            if uid in self._starts or self.ledger.has(uid, STOP) or (
+                    writes and self.ledger.has(uid, START)):
                 log.info("run %s was sent again: ignored", uid)
                 self._ignored.add(uid)
                 return
@@ -232,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kafka-topic", action="append", default=None)
     parser.add_argument("--lookback", type=float, default=86400.0,
                         help="seconds of catalog history to reconcile at start-up")
+    parser.add_argument("--reconcile-every", type=float, default=120.0,
+                        help="seconds between reconciliations while running (0: never)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
@@ -254,22 +260,41 @@ def main(argv: list[str] | None = None) -> int:
     # the bus is drained into an unbounded queue at once: 0MQ drops messages past its high-water
     # mark while the catalog writes lag behind a fast detector
     inbox: queue.Queue = queue.Queue()
-    thread = threading.Thread(target=subscriber.run,
-                              args=(lambda n, d: inbox.put((n, d)), ready.set), daemon=True)
+    spool = Spool(home / "bridge")
+
+    def receive(name, doc):
+        spool.append(getattr(name, "name", name), doc)  # durable before anything else
+        inbox.put((name, doc))
+
+    thread = threading.Thread(target=subscriber.run, args=(receive, ready.set), daemon=True)
     ready_file = home / "bridge" / "ready"
     ready_file.unlink(missing_ok=True)
     thread.start()  # subscribe first, so nothing sent during the reconciliation is missed
     ready.wait(10)
     resumed = bridge.resume_open_runs()
+    backlog, leftover = spool.backlog, spool.pending()
+    for name, doc in leftover:  # taken off the bus before a crash, maybe never handled
+        bridge.handle(name, doc)
+    spool.handled(backlog)
     emitted = bridge.reconcile(catalog, args.lookback)
-    log.info("bridge ready on %s (resumed %d open runs, reconciled %d events)",
-             getattr(subscriber, "address", "kafka"), len(resumed), len(emitted))
+    log.info("bridge ready on %s (resumed %d open runs, %d spooled documents, reconciled %d "
+             "events)", getattr(subscriber, "address", "kafka"), len(resumed), len(leftover),
+             len(emitted))
     ready_file.write_text(f"{os.getpid()} {time.time()}\n")
+    next_check = time.monotonic() + args.reconcile_every
     while thread.is_alive() or not inbox.empty():
         try:
             bridge.handle(*inbox.get(timeout=0.5))
+            spool.handled()
         except queue.Empty:
-            continue
+            pass
+        if args.reconcile_every > 0 and time.monotonic() > next_check and inbox.empty():
+            # events lost to a Prefect server that was down are sent again from here
+            try:
+                bridge.reconcile(catalog, min(args.lookback, 3600.0))
+            except Exception as exc:
+                log.warning("periodic reconciliation failed: %s", exc)
+            next_check = time.monotonic() + args.reconcile_every
     from deployments.events import PrefectEmitter
 
     PrefectEmitter.flush()

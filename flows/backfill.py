@@ -74,7 +74,7 @@ def backfill(plan: str | None = None, since: str | None = None, until: str | Non
             "workers": workers, "scheduler": scheduler, "force": force}) for r in todo]
         for future in futures:
             try:
-                rows.append({**future.result(), "state": future.result()["state"]})
+                rows.append(future.result())
             except Exception as exc:  # an unexpected fault in one run does not stop the rest
                 rows.append({"uid": "?", "state": "failed", "message": str(exc)})
     summary = {

@@ -18,7 +18,10 @@ by side on different ports.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -42,6 +45,7 @@ SERIALIZER = "pickle"
 # Start order; down stops them in reverse.
 SERVICES = ("prefect", "worker", "zmq_proxy", "tiled", "bridge")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where flows/ and prefect.yaml live
+STARTING_FILE = "services.starting.json"  # pids of an `up` in progress
 
 # Polling that makes a triggered flow run start within about a second of its event. The worker
 # polls the API for scheduled runs every PREFECT_WORKER_QUERY_SECONDS (default 10 s); that is
@@ -156,7 +160,9 @@ def status(home: Path) -> dict | None:
 
 def _pick_ports(ports: Ports) -> Ports:
     chosen = {}
-    for field in ("prefect", "tiled", "zmq_in", "zmq_out"):
+    fields = ("prefect", "tiled", "zmq_in", "zmq_out")
+    # configured ports first, so a free one picked for another service cannot take theirs
+    for field in sorted(fields, key=lambda f: getattr(ports, f) is None):
         port = getattr(ports, field)
         if port is None:
             port = processes.free_port()
@@ -170,7 +176,7 @@ def _pick_ports(ports: Ports) -> Ports:
         chosen[field] = port
     if len(set(chosen.values())) != len(chosen):
         raise ConfigError(f"ports must differ: {chosen}")
-    return Ports(**chosen)
+    return Ports(**{f: chosen[f] for f in fields})
 
 
 def _data_roots(settings: Settings) -> list[Path]:
@@ -196,7 +202,12 @@ class _Launcher:
         log = self.home / "logs" / f"{name}.log"
         self.logs[name] = log
         self.procs[name] = processes.spawn(argv, env=env, log_path=log, cwd=cwd)
+        # Kept until up ends, so `down` can stop what an `up` that was killed had started.
+        _write_json(self.home / STARTING_FILE, {"pids": self.pids(), "started": self.started()})
         return self.procs[name]
+
+    def done(self) -> None:
+        (self.home / STARTING_FILE).unlink(missing_ok=True)
 
     def wait(self, name: str, check: Callable[[], bool], timeout: float) -> float:
         def healthy() -> bool:
@@ -216,6 +227,7 @@ class _Launcher:
 
     def stop_all(self) -> None:
         processes.stop_groups([(p.pid, None) for p in self.procs.values()], timeout=5)
+        self.done()
 
     def pids(self) -> dict[str, int]:
         return {name: proc.pid for name, proc in self.procs.items()}
@@ -235,6 +247,18 @@ def running_state(home: Path) -> dict | None:
     return None
 
 
+@contextlib.contextmanager
+def home_lock(home: Path):
+    """One ``up`` or ``down`` at a time per home; a second one waits for the first."""
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / "services.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def up(settings: Settings, *, ports: Ports | None = None, timeout: float = 180.0,
        bridge: bool = True, register: bool = True,
        echo: Callable[[str], None] = lambda msg: None) -> tuple[dict, bool]:
@@ -245,12 +269,19 @@ def up(settings: Settings, *, ports: Ports | None = None, timeout: float = 180.0
     here is stopped and ServiceError names the service and its log.
     """
     home = Path(settings.home).resolve()
+    with home_lock(home):
+        return _up(settings, home, ports=ports, timeout=timeout, bridge=bridge,
+                   register=register, echo=echo)
+
+
+def _up(settings: Settings, home: Path, *, ports: Ports | None, timeout: float, bridge: bool,
+        register: bool, echo: Callable[[str], None]) -> tuple[dict, bool]:
     existing = running_state(home)
     if existing is not None:
         return existing, False
-    if read_services(home) is not None:
+    if read_services(home) is not None or (home / STARTING_FILE).exists():
         echo("stopping what is left of an earlier `tomopipe up` (not all of it is healthy)")
-        down(home)
+        _down(home, timeout=10.0)
 
     data_roots = _data_roots(settings)
     ports = _pick_ports(ports or Ports())
@@ -330,7 +361,14 @@ def up(settings: Settings, *, ports: Ports | None = None, timeout: float = 180.0
     state["startup_seconds"] = round(time.monotonic() - t0, 1)
     state["startup_timings"] = {k: round(v, 1) for k, v in timings.items()}
     write_services(home, state)
+    run.done()
     return state, True
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
 
 
 def _have_module(name: str) -> bool:
@@ -354,21 +392,35 @@ def _wait_stays_up(run: _Launcher, name: str, seconds: float) -> float:
 
 def _register(settings: Settings, state: dict) -> None:
     """Register the deployments against this home's server (not any other PREFECT_API_URL)."""
-    os.environ["PREFECT_API_URL"] = state["prefect_api"]
-    os.environ["PREFECT_HOME"] = state["prefect_home"]
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+    with _environ(PREFECT_API_URL=state["prefect_api"], PREFECT_HOME=state["prefect_home"]):
+        from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
-    from deployments.register import register_all
+        from deployments.register import register_all
 
-    with temporary_settings({PREFECT_API_URL: state["prefect_api"],
-                             PREFECT_HOME: state["prefect_home"]}):
-        try:
-            register_all(settings, state)
-        except ServiceError:
-            raise
-        except Exception as exc:
-            raise ServiceError(f"registering the deployments on {state['prefect_api']} failed: "
-                               f"{type(exc).__name__}: {exc}") from exc
+        with temporary_settings({PREFECT_API_URL: state["prefect_api"],
+                                 PREFECT_HOME: Path(state["prefect_home"])}):
+            try:
+                register_all(settings, state)
+            except ServiceError:
+                raise
+            except Exception as exc:
+                raise ServiceError(f"registering the deployments on {state['prefect_api']} "
+                                   f"failed: {type(exc).__name__}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _environ(**values: str):
+    """Set environment variables for a block and restore them after (up may run in-process)."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def down(home: Path, *, timeout: float = 10.0) -> list[str]:
@@ -377,12 +429,28 @@ def down(home: Path, *, timeout: float = 10.0) -> list[str]:
     Safe to run when nothing is up.
     """
     home = Path(home).resolve()
-    state = read_services(home)
-    if state is None:
+    if not home.is_dir():
+        return []
+    with home_lock(home):  # waits for an `up` in progress, then stops what it started
+        return _down(home, timeout=timeout)
+
+
+def _down(home: Path, *, timeout: float) -> list[str]:
+    state = read_services(home) or {}
+    starting = home / STARTING_FILE
+    if starting.exists():  # an `up` that was killed before it finished
+        with contextlib.suppress(ValueError, OSError):
+            left = json.loads(starting.read_text())
+            state = {"pids": {**left.get("pids", {}), **state.get("pids", {})},
+                     "started": {**left.get("started", {}), **state.get("started", {})}}
+    if not state.get("pids"):
+        clear_services(home)
+        starting.unlink(missing_ok=True)
         return []
     pids, started = state.get("pids", {}), state.get("started", {})
     order = [n for n in reversed(SERVICES) if n in pids] + [n for n in pids if n not in SERVICES]
     ran = processes.stop_groups([(pids[n], started.get(n)) for n in order], timeout=timeout)
     stopped = [n for n in order if pids[n] in ran]
     clear_services(home)
+    starting.unlink(missing_ok=True)
     return stopped

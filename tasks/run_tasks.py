@@ -84,6 +84,9 @@ def follow_run(uid: str, home: str | None = None, *, poll_s: float = 0.25,
             time.sleep(poll_s)
     start, stop = runs.run_metadata(run)
     expected = _expected_frames(start)
+    from tasks import catalog_writeback
+
+    catalog_writeback.record(home_of(home), uid, "waiting", plan_name=start.get("plan_name"))
     artifact = create_progress_artifact(0.0, description=f"frames landed of run {uid}")
     last_count, last_change, last_look = -1, time.monotonic(), 0.0
     while True:

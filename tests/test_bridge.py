@@ -219,7 +219,7 @@ def test_bridge_killed_mid_run_reconstructs_once(e2_services, request):  # noqa:
     wait_for(ready.exists, 120, what="the restarted bridge")
     publish(state["zmq_in"], docs[cut:])
     fr = final_run(state, LIVE, uid, 240)
-    assert fr["state_type"] == "COMPLETED", fr["state"]
+    assert fr["state_type"] == "COMPLETED", fr["state"]["message"]
     time.sleep(3)
     assert len(flow_runs(state, LIVE, uid)) == 1
     assert _ledger_events(home, uid) == {START, STOP}
@@ -231,3 +231,18 @@ def test_bridge_killed_mid_run_reconstructs_once(e2_services, request):  # noqa:
     import zarr
 
     assert zarr.open_array(str(Path(row["output"]) / "0"), mode="r").shape == (8, 32, 32)
+
+
+def test_spool_keeps_what_was_received_but_not_handled(tmp_path):
+    from deployments.ledger import Spool
+
+    spool = Spool(tmp_path)
+    docs = _docs()
+    for name, doc in docs[:3]:
+        spool.append(name, doc)
+    spool.handled()  # one handled, then the process dies
+    again = Spool(tmp_path)
+    pending = again.pending()
+    assert 2 <= len(pending) <= 3 and pending[-1] == (docs[2][0], docs[2][1])
+    again.handled(again.backlog)
+    assert Spool(tmp_path).pending() == []

@@ -157,3 +157,16 @@ def test_bad_input_is_named(call, name):
         call()
     assert isinstance(err.value, ValueError)
     assert err.value.source == name
+
+
+def test_auto_center_object_cut_by_the_detector_edge():
+    """Axis 64 px right of the middle of a 512-pixel row: the body (radius 205 px) leaves the
+    detector, which both methods assume it does not. A harder case, so a looser bound (1 px).
+    Measured: here Vo +0.95, registration -0.3 (value +0.53, confidence 0.46); with 361 angles
+    and 4 rows Vo +0.2, registration -7.2 (value Vo's, confidence ~0)."""
+    center = 319.8
+    sinos, angles = band(512, 2, np.linspace(0, 180, 181), center)
+    est = auto_center(sinos, angles)
+    assert abs(est.value - center) <= 1.0, est
+    d = abs(est.estimates["vo"] - est.estimates["registration"])
+    assert est.confidence == pytest.approx(math.exp(-0.5 * d**2))

@@ -136,8 +136,11 @@ def test_killed_dask_worker_is_retried(scan, client, reference, tmp_path):
     killed = []
 
     def kill_a_worker(done, total):
-        if done == 1 and not killed:  # the other slabs are queued or running
-            victim = sorted(pids.values())[0]
+        if done == 1 and not killed:
+            # a worker that holds slab tasks right now (running or queued on it)
+            busy = [w for w, keys in client.processing().items() if keys]
+            assert busy, "no slab left in flight to lose"
+            victim = pids[busy[0]]
             os.kill(victim, signal.SIGKILL)
             killed.append(victim)
 
@@ -213,3 +216,31 @@ def test_running_scheduler_by_address(scan, client, reference, tmp_path):
                          scheduler=client.scheduler.address, max_slab_rows=8, levels=3)
     assert is_complete(out) and result.key == reference[0].key
     np.testing.assert_array_equal(_levels(out)[0], reference[2][0])
+
+
+def test_local_cluster_from_infra(monkeypatch):
+    """Without GPUs (none here; NVML absent or disabled) dask_client starts a LocalCluster of
+    single-threaded worker processes with the given memory limit."""
+    from infra.cluster import dask_client, gpu_count, worker_resources
+
+    monkeypatch.setenv("TOMOPIPE_NO_GPU", "1")
+    assert gpu_count() == 0
+    with dask_client(workers=1, memory_limit="700MB") as c:
+        n, limit = worker_resources(c)
+        assert n == 1 and limit == 700 * 10**6
+        info = next(iter(c.scheduler_info()["workers"].values()))
+        assert info["nthreads"] == 1
+
+
+def test_slab_pipeline_removes_zingers_when_asked(scan):
+    spec, _ = scan
+    proj, flats, darks = read_slab(spec, (8, 10))
+    angles = np.deg2rad(spec.angles_deg)
+    backend = get_backend("fourier")
+    clean = reconstruct_slab(proj, flats, darks, angles, CENTER, ReconParams(), backend=backend)
+    hit = proj.copy()
+    hit[5, 1, 20] = 60000  # a zinger: one saturated pixel in one projection
+    raw = reconstruct_slab(hit, flats, darks, angles, CENTER, ReconParams(), backend=backend)
+    fixed = reconstruct_slab(hit, flats, darks, angles, CENTER, ReconParams(zingers=0.5),
+                             backend=backend)
+    assert np.abs(fixed - clean).max() < 0.5 * np.abs(raw - clean).max()

@@ -54,7 +54,7 @@ def test_live_scan_is_reconstructed(e2_services):  # noqa: F811
     home, state = e2_services
     uid = _simulate(home, state)
     fr = final_run(state, LIVE, uid, 240)
-    assert fr["state_type"] == "COMPLETED", fr["state"]
+    assert fr["state_type"] == "COMPLETED", fr["state"]["message"]
 
     row = catalog_writeback.read_one(home, uid)
     out = Path(row["output"])
@@ -120,3 +120,25 @@ def test_backfill_then_everything_is_skipped(e2_services):  # noqa: F811
         assert row["state"] == "completed" and is_complete(row["output"])
     again = _cli_json("backfill", "--sample", "backfill-test", "--json")
     assert again == {"matched": 2, "reconstructed": 0, "skipped": 2, "failed": 0}, again
+
+
+def test_single_run_by_file(e2_services, tmp_path):  # noqa: F811
+    """The single-run flow on a Data Exchange file, run in this process against the server."""
+    home, state = e2_services
+    from flows.single_run import single_run
+    from infra.datasets import make_phantom_scan, write_dxchange
+
+    scan = make_phantom_scan(SIZE, ROWS, ANGLES, seed=3)
+    path = tmp_path / "scan.h5"
+    write_dxchange(path, scan["projections"], scan["flats"], scan["darks"], scan["angles_deg"])
+    result = single_run(path=str(path), params={"center": float(scan["center"])}, workers=0,
+                        home=str(home))
+    volume = zarr.open_array(str(Path(result["output"]) / "0"), mode="r")[:]
+    corr = np.corrcoef(volume.ravel(), scan["truth"].ravel())[0, 1]
+    assert corr > 0.8, corr
+    row = catalog_writeback.read_one(home, str(path.resolve()))
+    assert row["state"] == "completed" and row["output"] == result["output"]
+    # bad input ends Failed with a message naming it, not a traceback
+    state_ = single_run(path=str(tmp_path / "missing.h5"), workers=0, home=str(home),
+                        return_state=True)
+    assert state_.is_failed() and "missing.h5" in state_.message

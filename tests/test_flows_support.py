@@ -1,8 +1,8 @@
 """Shared by tests/test_bridge.py and tests/test_flows.py: real services, waiting, look-ups.
 
 No tests here. The services are the embedded ones (Prefect server and worker, 0MQ proxy, Tiled,
-bridge) of a temporary home, started once per session: engineer E1's ``services`` fixture when
-tests/conftest.py provides it, else ``infra.services.up`` here.
+bridge) of the session's temporary home, started once per session by engineer E1's ``services``
+fixture (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -29,45 +29,16 @@ def wait_for(predicate, timeout: float, interval: float = 0.25, what: str = "con
         time.sleep(interval)
 
 
-def _state_of(value) -> dict:
-    if isinstance(value, dict) and "prefect_api" in value:
-        return value
-    for attr in ("state", "services"):
-        inner = getattr(value, attr, None)
-        if isinstance(inner, dict) and "prefect_api" in inner:
-            return inner
-    if isinstance(value, tuple):
-        for item in value:
-            if isinstance(item, dict) and "prefect_api" in item:
-                return item
-    raise RuntimeError(f"cannot find the services' state in {type(value).__name__}")
-
-
 @pytest.fixture(scope="session")
-def e2_services(request, tmp_path_factory):
-    """(home, state) of running services with the deployments registered."""
-    try:
-        state = _state_of(request.getfixturevalue("services"))
-        home = Path(state["home"])
-        yield home, _prepare(home, state)
-        return
-    except pytest.FixtureLookupError:
-        pass
-    from infra import services
-    from tomopipe.config import load_settings
+def e2_services(services, services_home):
+    """(home, state) of the session's running services (engineer E1's ``services`` fixture),
+    with this process pointed at them."""
+    home = Path(state_home(services, services_home))
+    return home, _prepare(home, services)
 
-    home = tmp_path_factory.mktemp("e2home")
-    old = os.environ.get("TOMOPIPE_HOME")
-    os.environ["TOMOPIPE_HOME"] = str(home)
-    try:
-        state, _ = services.up(load_settings(home), timeout=300)
-        yield home, _prepare(home, state)
-    finally:
-        services.down(home)
-        if old is None:
-            os.environ.pop("TOMOPIPE_HOME", None)
-        else:
-            os.environ["TOMOPIPE_HOME"] = old
+
+def state_home(state: dict, default: Path) -> str:
+    return state.get("home") or str(default)
 
 
 def _prepare(home: Path, state: dict) -> dict:

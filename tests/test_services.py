@@ -7,9 +7,12 @@ and the bridge run as processes; their addresses are checked by HTTP, a 0MQ roun
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import pickle
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -111,6 +114,30 @@ def test_a_service_that_dies_fails_up_naming_it_and_stops_the_rest(tmp_path, mon
     assert len(spawned) == 4
     assert not any(processes.alive(p.pid) for p in spawned)
     assert read_services(tmp_path) is None
+
+
+def test_down_stops_what_a_killed_up_had_started(tmp_path):
+    env = {**os.environ, "TOMOPIPE_HOME": str(tmp_path)}
+    up = subprocess.Popen([sys.executable, "-m", "tomopipe.cli", "up", "--no-deployments"],
+                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    starting = tmp_path / svc.STARTING_FILE
+    try:
+        deadline = time.monotonic() + 60
+        pids = {}
+        while len(pids) < 4 and time.monotonic() < deadline:
+            if starting.exists():
+                with contextlib.suppress(ValueError):
+                    pids = json.loads(starting.read_text())["pids"]
+            time.sleep(0.1)
+        assert len(pids) >= 4, f"up started {pids} within 60 s"
+    finally:
+        up.kill()  # as by SIGKILL or a lost terminal: up cannot clean up itself
+        up.wait()
+    assert any(processes.alive(pid) for pid in pids.values())
+    down = tomopipe_cli("down", home=tmp_path)
+    assert down.returncode == 0
+    assert not [n for n, pid in pids.items() if processes.alive(pid)]
+    assert not starting.exists()
 
 
 # ---------------------------------------------------------------- with the session's services

@@ -269,3 +269,22 @@ def test_globus_site_config_errors_name_the_key():
     assert cfg.sites["hpc"].collection_path("/a/x.h5") == "/A/x.h5"
     with pytest.raises(ConfigError, match="sites.hpc.path_map"):
         cfg.sites["hpc"].collection_path("/elsewhere/x.h5")
+
+
+def test_mover_chosen_per_site_with_credentials_from_env(run, monkeypatch):
+    from tasks.transfer.local import LocalMover
+    from tasks.transfer.movers import mover_for
+
+    manifest, cfg = run
+    monkeypatch.setenv("GLOBUS_CLIENT_ID", "client-env")
+    monkeypatch.setenv("GLOBUS_CLIENT_SECRET", SECRET)
+    mover = mover_for(cfg, cfg.sites["beamline"], cfg.sites["hpc"])
+    assert isinstance(mover, GlobusMover) and mover._credentials.client_id == "client-env"
+    assert SECRET not in repr(mover) and SECRET not in repr(mover.__dict__)
+    local = parse_transfer_config({"a": {}, "b": {}}, {"hardlink": True, "workers": 3}, {})
+    lm = mover_for(local, local.sites["a"], local.sites["b"])
+    assert isinstance(lm, LocalMover) and lm.allow_hardlink and lm.workers == 3
+    half = parse_transfer_config({"a": {}, "hpc": {"mover": "globus", "collection": DST_COLL,
+                                                   "root": "/x"}}, {}, {})
+    with pytest.raises(ConfigError, match="sites.a.collection"):
+        mover_for(half, half.sites["a"], half.sites["hpc"])

@@ -86,7 +86,8 @@ def _assert_failed_nothing_complete(report, dest, relpath, words):
         report.raise_if_incomplete()
 
 
-def test_truncated_copy_detected(run, tmp_path):
+@pytest.mark.parametrize("from_device", [False, True])
+def test_truncated_copy_detected(run, tmp_path, from_device):
     _, manifest = run
     target = manifest.entries[1].relpath
 
@@ -95,7 +96,8 @@ def test_truncated_copy_detected(run, tmp_path):
             os.truncate(tmp, 1000)
 
     dest = tmp_path / "dest"
-    report = LocalMover(fault_hook=truncate).transfer(manifest, dest)
+    report = LocalMover(fault_hook=truncate, verify_from_device=from_device).transfer(
+        manifest, dest)
     _assert_failed_nothing_complete(report, dest, target, "truncated")
 
 

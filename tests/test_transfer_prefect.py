@@ -44,8 +44,11 @@ def test_limits_created_from_config(prefect_api):
         assert client.read_global_concurrency_limit_by_name(MEGABYTES_LIMIT).limit == 2500
 
 
-def _burst(settings, sizes, hold_s=0.6):
-    """Run transfers of ``sizes`` bytes at once; return (start, end) of each held slot."""
+def _burst(settings, sizes, hold_s=0.6, meet=None):
+    """Run transfers of ``sizes`` bytes at once; return (start, end) of each held slot.
+
+    ``meet``: a barrier every holder waits at while holding its slot (they must overlap).
+    """
     from tasks.transfer.backpressure import ensure_transfer_limits, transfer_slot
 
     ensure_transfer_limits(settings)
@@ -55,6 +58,8 @@ def _burst(settings, sizes, hold_s=0.6):
         try:
             with transfer_slot(nbytes, settings, timeout_s=60):
                 t0 = time.monotonic()
+                if meet is not None:
+                    meet.wait(timeout=60)
                 time.sleep(hold_s)
                 spans.append((t0, time.monotonic()))
         except Exception as exc:  # surfaced below
@@ -74,8 +79,8 @@ def _max_overlap(spans):
 
 
 def test_burst_queues_on_transfer_count(prefect_api):
-    spans = _burst(_settings(max_concurrent=1, max_bytes_in_flight="10GB"), [10**6] * 3)
-    assert len(spans) == 3 and _max_overlap(spans) == 1
+    spans = _burst(_settings(max_concurrent=1, max_bytes_in_flight="10GB"), [10**6] * 2)
+    assert len(spans) == 2 and _max_overlap(spans) == 1
 
 
 def test_burst_queues_on_bytes_in_flight(prefect_api):
@@ -83,8 +88,10 @@ def test_burst_queues_on_bytes_in_flight(prefect_api):
     # while a 1 MB one can run beside either of them
     spans = _burst(_settings(max_concurrent=3, max_bytes_in_flight="3MB"), [2 * 10**6] * 2)
     assert _max_overlap(spans) == 1
-    spans = _burst(_settings(max_concurrent=3, max_bytes_in_flight="3MB"), [2 * 10**6, 10**6])
-    assert _max_overlap(spans) == 2
+    both_inside = threading.Barrier(2)  # passes only if both hold their slots at once
+    spans = _burst(_settings(max_concurrent=3, max_bytes_in_flight="3MB"), [2 * 10**6, 10**6],
+                   meet=both_inside)
+    assert len(spans) == 2 and _max_overlap(spans) == 2
 
 
 def test_flow_moves_run_then_retention_flow_frees_verified_files(prefect_api, tmp_path,
@@ -180,3 +187,23 @@ def test_move_scan_data_returns_spec_on_verified_copies(prefect_api, tmp_path):
     assert moved.extra["transfer"]["mover"] == "local"
     assert (tmp_path / "prov" / "manifest.json").exists()
     assert stage_and_move(spec, in_place) == spec  # no destination configured: read in place
+
+
+def test_globus_credentials_from_prefect_secret_block(prefect_api):
+    from prefect.blocks.system import Secret
+
+    from tasks.transfer.globus import GlobusCredentials
+    from tomopipe.errors import ConfigError
+
+    secret = "blk-" + os.urandom(8).hex()
+    Secret(value={"client_id": "cid-block", "client_secret": secret}).save(
+        "tomopipe-globus-test", overwrite=True)
+    creds = GlobusCredentials.from_prefect_secret("tomopipe-globus-test")
+    assert creds.client_id == "cid-block" and creds.secret() == secret
+    assert secret not in repr(creds)
+    Secret(value="not a mapping").save("tomopipe-globus-bad", overwrite=True)
+    with pytest.raises(ConfigError, match="client_id and client_secret") as info:
+        GlobusCredentials.from_prefect_secret("tomopipe-globus-bad")
+    with pytest.raises(ConfigError, match="transfer.secret_block"):
+        GlobusCredentials.from_prefect_secret("no-such-block")
+    assert "not a mapping" not in str(info.value)

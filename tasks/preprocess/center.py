@@ -130,7 +130,8 @@ def find_center_vo(
     copy shifted to that centre into a 360-degree sinogram; the right centre leaves the least
     energy in the double wedge of its 2-D spectrum. Coarse search on a binned copy, then finer
     searches at full resolution down to ``step`` pixels (sub-pixel shifts by Fourier phase).
-    search: (lo, hi) range of centres; default the middle half of the row.
+    search: (lo, hi) range of centres; default the middle half of the row; always kept within
+    [cols/8, cols - 1 - cols/8] (nearer the edge the mirrored halves barely overlap).
     radius_fraction: the object's radius over the row width (Vo's default 0.25).
     """
     arr = as_array(sino, "sino", (2,), "2-D (angles, cols)")
@@ -142,7 +143,9 @@ def find_center_vo(
     if half is None or half.shape[0] < 8:
         span = math.degrees(float(np.ptp(angles)))
         raise ArrayInputError(
-            "angles_rad", f"span {span:.1f} degrees: Vo's method needs 180 degrees of data"
+            "angles_rad",
+            f"span {span:.1f} degrees, {angles.size} frames: Vo's method needs 180 degrees "
+            "of evenly spaced data (at least 8 frames in the first 180)",
         )
     width = half.shape[1]
     if width < 16:
@@ -246,9 +249,10 @@ def find_center_registration(proj0, proj180, *, upsample: int = 20) -> float:
         raise ArrayInputError("upsample", f"must be a positive integer, got {upsample}")
     a2 = np.atleast_2d(a).astype(np.float64)
     b2 = np.atleast_2d(b).astype(np.float64)
-    # Register the horizontal gradients, not the values: an object cut by the detector edge
-    # leaves a step at the FFT's wrap point in both frames, which pulls the peak to zero shift
-    # (4 px off on a truncated 512-pixel phantom); the gradients carry no such step.
+    # Register the horizontal gradients, not the values: a frame whose edges differ has a step
+    # at the FFT's wrap point that pulls the peak towards zero shift (on the peer projection the
+    # values give 0.125 px error, the gradients 0.0). An object cut by the detector edge still
+    # misleads this method by several pixels: auto_center then falls back to Vo's value.
     grad_a, grad_m = np.diff(a2, axis=1), np.diff(b2[:, ::-1], axis=1)
     _, dx, _ = registration_shift(grad_a, grad_m, upsample=int(upsample))
     return (a2.shape[1] - 1 + dx) / 2

@@ -158,6 +158,7 @@ def run_slab(job: SlabJob) -> dict:
         raise _rethrowable(exc) from None
     info = {"read_s": t1 - t0, "recon_s": t2 - t1, "write_s": t3 - t2, "pid": os.getpid()}
     publish.mark_slab_done(job.partial, z_rows, info)
+    _release_memory()
     return {"rows": list(job.rows), "skipped": False, **info}
 
 
@@ -179,6 +180,17 @@ def _worker_threads() -> dict:
         return {}
     n = getattr(getattr(worker, "state", None), "nthreads", None) or getattr(worker, "nthreads", 1)
     return {"nthreads": int(n)}
+
+
+def _release_memory() -> None:
+    """Give freed slab buffers back to the OS, so a worker's peak does not creep up slab after
+    slab (glibc keeps freed memory of other threads' arenas otherwise)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc
 
 
 @contextlib.contextmanager
@@ -276,25 +288,23 @@ def reconstruct(spec: ScanSpec, params: ReconParams, out: str | os.PathLike, *, 
     from tasks.recon.backends import get_backend
 
     px = pixel_size(spec, params)
-    if pub.state == "resume":
-        center = pub.job["center"]
-        backend_name = pub.job["backend"]["name"]
-        backend_device = pub.job["backend"]["device"]
-        backend = get_backend(backend_name, params.algorithm)
-    else:
-        t = time.perf_counter()
-        backend = get_backend(params.backend, params.algorithm)
-        backend_name, backend_device = backend.name, backend.device
-        center = find_center(spec, params, rows)
-        timings["center_s"] = time.perf_counter() - t
+    backend = get_backend(params.backend if pub.state == "fresh" else pub.job["backend"]["name"],
+                          params.algorithm)
+    backend_name, backend_device = backend.name, backend.device
+    if params.center != "auto":
+        find_center(spec, params, rows)  # check a given centre before starting a cluster
 
     t = time.perf_counter()
     with _executor(client, scheduler, workers, memory_limit) as dask:
         timings["cluster_s"] = time.perf_counter() - t
         t = time.perf_counter()
         if pub.state == "resume":
+            center = pub.job["center"]
             chunk_plan = ChunkPlan.from_dict(pub.job["plan"])
         else:
+            center = find_center(spec, params, rows)
+            timings["center_s"] = time.perf_counter() - t
+            t = time.perf_counter()
             n_workers, budget = _budget(dask, memory_limit)
             gpu_mem = None
             if backend_device == "gpu":

@@ -26,7 +26,8 @@ def mover_for(cfg: TransferConfig, source: Site, destination: Site, *,
             credentials = GlobusCredentials.resolve(t.secret_block)
         return GlobusMover(source, destination, client=client, credentials=credentials,
                            deadline_s=t.deadline_s, poll_s=t.poll_s, retries=t.retries)
-    return LocalMover(allow_hardlink=t.hardlink, workers=t.workers)
+    return LocalMover(allow_hardlink=t.hardlink, workers=t.workers,
+                      verify_from_device=t.verify_from_device)
 
 
 def run_destination(cfg: TransferConfig, run_uid: str) -> Path | None:

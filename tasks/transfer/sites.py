@@ -17,7 +17,8 @@ Example (all keys optional except where said)::
       results_to: beamline            # where published volumes go back (optional)
       results_path: /data/results
       hardlink: false                 # local mover may hard link on one file system
-      workers: 2                      # files copied at once by the local mover
+      verify_from_device: false       # local mover: re-read copies from the device, not cache
+      workers: 4                      # files copied at once by the local mover
       max_concurrent: 2               # transfers at once (Prefect global concurrency limit)
       max_bytes_in_flight: 50GB       # bytes being moved at once (idem)
       deadline_s: 3600                # a Globus task not done by then is cancelled
@@ -74,7 +75,8 @@ class TransferSettings:
     results_to: str | None = None
     results_path: Path | None = None
     hardlink: bool = False
-    workers: int = 2
+    verify_from_device: bool = False
+    workers: int = 4
     max_concurrent: int = 2
     max_bytes_in_flight: int = 50 * 10**9
     deadline_s: float = 3600.0
@@ -201,9 +203,9 @@ def parse_transfer(raw, sites: dict[str, Site]) -> TransferSettings:
         raise ConfigError("transfer.source: required when transfer.destination is set")
     if raw.get("destination") and not raw.get("destination_path"):
         raise ConfigError("transfer.destination_path: required when transfer.destination is set")
-    hardlink = raw.get("hardlink", False)
-    if not isinstance(hardlink, bool):
-        raise ConfigError(f"transfer.hardlink: expected true or false, got {hardlink!r}")
+    for key in ("hardlink", "verify_from_device"):
+        if not isinstance(raw.get(key, False), bool):
+            raise ConfigError(f"transfer.{key}: expected true or false, got {raw[key]!r}")
     dest_path, results_path = _str(raw, "destination_path", path), _str(raw, "results_path",
                                                                          path)
     return TransferSettings(
@@ -211,8 +213,9 @@ def parse_transfer(raw, sites: dict[str, Site]) -> TransferSettings:
         destination_path=Path(dest_path).expanduser() if dest_path else None,
         results_to=raw.get("results_to"),
         results_path=Path(results_path).expanduser() if results_path else None,
-        hardlink=hardlink,
-        workers=_number(raw, "workers", path, 2, int, 1),
+        hardlink=raw.get("hardlink", False),
+        verify_from_device=raw.get("verify_from_device", False),
+        workers=_number(raw, "workers", path, 4, int, 1),
         max_concurrent=_number(raw, "max_concurrent", path, 2, int, 1),
         max_bytes_in_flight=parse_size(raw.get("max_bytes_in_flight", 50 * 10**9),
                                        "transfer.max_bytes_in_flight"),
