@@ -1,10 +1,10 @@
 """Engine benchmark: speed-up from one to two Dask workers, and peak memory per worker.
 
     .venv/bin/python benchmarks/bench_engine.py [--n 512] [--angles 360] [--rows 64]
-                      [--memory-limit 420MB] [--repeat 3] [--only speed|memory] [--json PATH]
+                      [--memory-limit 420MB] [--repeat 3] [--only speed] [--json PATH]
 
-The same Data Exchange phantom is reconstructed on a fresh LocalCluster of one and of two
-single-threaded workers (fixed centre, so only the slab phase differs). Peak memory is each
+The same Data Exchange phantom is reconstructed on a LocalCluster of one and one of two
+single-threaded workers (fixed centre), timed alternately. Peak memory is each
 worker's peak resident set (ru_maxrss) after a run, for two detector row counts with the same
 memory budget: with slabs sized by the budget it should not grow with the number of rows.
 Timed runs follow a warm-up run on the same cluster (imports, NUFFT plans), as on a long-lived
@@ -28,6 +28,7 @@ from infra.datasets import make_phantom_scan, write_dxchange
 from tasks.recon.engine import reconstruct
 from tasks.recon.params import ReconParams
 from tasks.sources import open_scan
+from tasks.storage.omezarr import read_provenance
 
 MiB = 2**20
 
@@ -55,33 +56,53 @@ def write_scan(folder: Path, n: int, rows: int, angles: int) -> Path:
     return path
 
 
-def run_once(path: Path, out: Path, workers: int, memory_limit: str, repeat: int = 1) -> dict:
-    spec = open_scan(path)
-    for old in [out, out.with_name("warm-" + out.name)] + list(out.parent.glob(f"r*-{out.name}")):
-        shutil.rmtree(old, ignore_errors=True)
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      dashboard_address=":0", memory_limit=memory_limit) as cluster, \
-            Client(cluster) as client:
-        params = ReconParams(center=spec.n_cols / 2)
-        # a first run warms the workers (imports, NUFFT plans), as on a long-lived cluster
-        reconstruct(spec, params, out.with_name("warm-" + out.name), client=client)
-        client.run(_reset_peak)
-        best = None
-        for i in range(repeat):  # best of ``repeat``: the machine may be shared
-            target = out if i == 0 else out.with_name(f"r{i}-{out.name}")
-            t = time.perf_counter()
-            result = reconstruct(spec, params, target, client=client)
-            wall = time.perf_counter() - t
-            if best is None or wall < best[0]:
-                best = (wall, result)
-        wall, result = best
-        peaks = list(client.run(_peak_rss).values())
-    from tasks.storage.omezarr import read_provenance
+def _cluster(workers: int, memory_limit: str):
+    return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                        dashboard_address=":0", memory_limit=memory_limit)
 
+
+def _timed(spec, client, out: Path) -> tuple[float, dict]:
+    shutil.rmtree(out, ignore_errors=True)
+    t = time.perf_counter()
+    result = reconstruct(spec, ReconParams(center=spec.n_cols / 2), out, client=client)
+    wall = time.perf_counter() - t
     plan = read_provenance(out)["plan"]
-    return {"workers": workers, "rows": spec.n_rows, "seconds": wall,
-            "slab_phase_s": result.timings["slabs_s"], "slab_rows": plan["slab_rows"],
-            "n_slabs": plan["n_slabs"], "peak_worker_mib": max(peaks) / MiB}
+    shutil.rmtree(out, ignore_errors=True)
+    return wall, {"slab_phase_s": result.timings["slabs_s"], "slab_rows": plan["slab_rows"],
+                  "n_slabs": plan["n_slabs"]}
+
+
+def speed_runs(path: Path, tmp: Path, memory_limit: str, repeat: int) -> list[dict]:
+    """One- and two-worker clusters side by side, warmed up, timed alternately (A B A B ...)
+    so that a shared machine's changing load hits both alike; the best run of each is kept."""
+    spec = open_scan(path)
+    with _cluster(1, memory_limit) as c1, _cluster(2, memory_limit) as c2, \
+            Client(c1) as one, Client(c2) as two:
+        clients = {1: one, 2: two}
+        for w, client in clients.items():  # warm-up: imports and NUFFT plans on every worker
+            _timed(spec, client, tmp / f"warm{w}.zarr")
+            client.run(_reset_peak)
+        best: dict[int, tuple[float, dict]] = {}
+        for i in range(repeat):
+            for w, client in clients.items():
+                wall, info = _timed(spec, client, tmp / f"speed{w}-{i}.zarr")
+                if w not in best or wall < best[w][0]:
+                    best[w] = (wall, info)
+        peaks = {w: max(c.run(_peak_rss).values()) for w, c in clients.items()}
+    return [{"workers": w, "rows": spec.n_rows, "seconds": best[w][0], **best[w][1],
+             "peak_worker_mib": peaks[w] / MiB} for w in (1, 2)]
+
+
+def memory_run(path: Path, tmp: Path, memory_limit: str) -> dict:
+    """Peak resident memory of one worker over a whole run (after a warm-up run)."""
+    spec = open_scan(path)
+    with _cluster(1, memory_limit) as cluster, Client(cluster) as client:
+        _timed(spec, client, tmp / "warm-mem.zarr")
+        client.run(_reset_peak)
+        wall, info = _timed(spec, client, tmp / "mem.zarr")
+        peak = max(client.run(_peak_rss).values())
+    return {"workers": 1, "rows": spec.n_rows, "seconds": wall, **info,
+            "peak_worker_mib": peak / MiB}
 
 
 def main(argv=None) -> int:
@@ -92,23 +113,18 @@ def main(argv=None) -> int:
     ap.add_argument("--memory-limit", default="420MB", help="per worker")
     ap.add_argument("--json", type=Path, help="write the figures here")
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per point (best kept)")
-    ap.add_argument("--only", choices=("speed", "memory"), help="run one half")
+    ap.add_argument("--only", choices=("speed",), help="skip the memory runs")
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="bench_engine_") as tmp:
         tmp = Path(tmp)
         scan = write_scan(tmp, args.n, args.rows, args.angles)
-        speed = [run_once(scan, tmp / "w1.zarr", 1, args.memory_limit, args.repeat)]
-        if args.only != "memory":
-            speed.append(run_once(scan, tmp / "w2.zarr", 2, args.memory_limit, args.repeat))
-        else:
-            speed.append(speed[0])
-        memory = [speed[0]]
+        speed = speed_runs(scan, tmp, args.memory_limit, args.repeat)
+        memory = [speed[0], speed[0]]
         if args.only != "speed":
             big = write_scan(tmp, args.n, args.rows * 3, args.angles)
-            memory.append(run_once(big, tmp / "big.zarr", 1, args.memory_limit))
-        else:
-            memory.append(speed[0])
+            memory = [memory_run(scan, tmp, args.memory_limit),
+                      memory_run(big, tmp, args.memory_limit)]
 
     t1, t2 = speed[0]["slab_phase_s"], speed[1]["slab_phase_s"]
     figures = {
@@ -124,7 +140,7 @@ def main(argv=None) -> int:
     }
     print(f"{'workers':>7} {'rows':>5} {'slab rows':>9} {'slabs':>5} {'total s':>8} "
           f"{'slab phase s':>12} {'peak MiB/worker':>15}")
-    for r in speed + memory[1:]:
+    for r in speed + memory:
         print(f"{r['workers']:>7} {r['rows']:>5} {r['slab_rows']:>9} {r['n_slabs']:>5} "
               f"{r['seconds']:>8.2f} {r['slab_phase_s']:>12.2f} {r['peak_worker_mib']:>15.0f}")
     print(f"speed-up 1 -> 2 workers: slab phase {figures['speedup_slab_phase']:.2f}x, "

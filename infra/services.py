@@ -14,6 +14,12 @@
 then registers the deployments (``deployments.register.register_all(settings, state)``) and
 writes the state file (``infra.state``). Everything lives under the home, so two homes run side
 by side on different ports.
+
+State keys: prefect_api (http://127.0.0.1:P/api), prefect_ui, prefect_home, work_pool, zmq_in,
+zmq_out (tcp://127.0.0.1:PORT), zmq_serializer ("pickle"), tiled (http://127.0.0.1:T),
+tiled_api_key, data_root (the first of data_roots), data_roots, output_root, home, project_root
+(the worker's working directory), pids and started ({service: pid / process start time}), logs
+({service: path}), startup_seconds and startup_timings (seconds from start to each one healthy).
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ import httpx
 
 from infra import processes, tiled_server
 from infra.processes import LOOPBACK
-from infra.state import clear_services, read_services, write_services
+from infra.state import clear_services, read_services, state_path
+from infra.state import write_services as _write_state
 from tomopipe.config import Settings
 from tomopipe.errors import ConfigError, ServiceError
 
@@ -363,6 +370,12 @@ def _up(settings: Settings, home: Path, *, ports: Ports | None, timeout: float, 
     write_services(home, state)
     run.done()
     return state, True
+
+
+def write_services(home: Path, state: dict) -> None:
+    """infra.state.write_services, readable by the owner only (it holds the Tiled API key)."""
+    _write_state(home, state)
+    os.chmod(state_path(home), 0o600)
 
 
 def _write_json(path: Path, data: dict) -> None:

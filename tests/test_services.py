@@ -262,10 +262,13 @@ def test_two_homes_side_by_side_then_down_stops_every_process(services, services
                                                                tmp_path):
     other = tmp_path / "other-home"
     t0 = time.monotonic()
-    proc = tomopipe_cli("up", "--no-deployments", "--timeout=240", home=other, timeout=280)
+    prefect_port = processes.free_port()  # a configured port is used as given
+    proc = tomopipe_cli("up", "--no-deployments", "--timeout=240",
+                        f"--prefect-port={prefect_port}", home=other, timeout=280)
     seconds = time.monotonic() - t0
     assert proc.returncode == 0, proc.stdout + proc.stderr
     second = read_services(other)
+    assert second["prefect_api"] == f"http://127.0.0.1:{prefect_port}/api"
     print(f"second `tomopipe up` took {seconds:.1f} s: {second.get('startup_timings')}")
 
     ports = {a.rsplit(":", 1)[1] for a in (second["prefect_ui"], second["tiled"],

@@ -4,11 +4,12 @@ import hashlib
 import json
 import os
 
+import blake3
 import h5py
 import numpy as np
 import pytest
 
-from tasks.staging.checksum import file_sha256
+from tasks.staging.checksum import file_checksum, file_sha256, verify_file
 from tasks.staging.manifest import (
     Manifest,
     build_manifest,
@@ -57,7 +58,7 @@ def test_manifest_from_documents_exact_set_sizes_checksums(run_root):
     for e in m.entries:
         data = (run_root / e.relpath).read_bytes()
         assert e.size == len(data)
-        assert e.checksum == "sha256:" + hashlib.sha256(data).hexdigest()
+        assert e.checksum == "blake3:" + blake3.blake3(data).hexdigest()
     again = Manifest.from_dict(json.loads(m.to_json()))
     assert again.entries == m.entries and again.complete
     saved = m.save(run_root.parent / "prov" / "manifest.json")
@@ -70,6 +71,17 @@ def test_streamed_checksum_matches_hashlib_across_blocks(tmp_path):
     checksum, n = file_sha256(p, block_size=1024 * 1024)
     assert n == p.stat().st_size
     assert checksum == "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest()
+    fast, n = file_checksum(p, block_size=1024 * 1024)
+    assert n == p.stat().st_size and fast == "blake3:" + blake3.blake3(p.read_bytes()).hexdigest()
+    assert verify_file(p, fast)[0] and verify_file(p, checksum)[0]
+    with open(p, "r+b") as fh:  # one flipped bit fails either algorithm
+        fh.seek(2 * 1024 * 1024 + 5)
+        b = fh.read(1)
+        fh.seek(-1, 1)
+        fh.write(bytes([b[0] ^ 0x80]))
+    assert not verify_file(p, fast)[0] and not verify_file(p, checksum)[0]
+    with pytest.raises(ValueError, match="not supported"):
+        verify_file(p, "crc7:00")
 
 
 def test_document_path_escape_refused_before_reading(run_root, tmp_path):
@@ -121,7 +133,7 @@ def test_file_changing_between_two_looks_is_unstable(run_root, monkeypatch):
     import tasks.staging.manifest as manifest_mod
 
     path = run_root / "run1" / "flat.h5"
-    real_hash = manifest_mod.file_sha256
+    real_hash = manifest_mod.file_checksum
 
     def hash_then_append(p, **kw):  # a writer appends while the file is read
         out = real_hash(p, **kw)
@@ -130,7 +142,7 @@ def test_file_changing_between_two_looks_is_unstable(run_root, monkeypatch):
                 fh.write(b"more frames")
         return out
 
-    monkeypatch.setattr(manifest_mod, "file_sha256", hash_then_append)
+    monkeypatch.setattr(manifest_mod, "file_checksum", hash_then_append)
     m = build_manifest([path], run_uid="u", roots=[run_root])
     assert not m.complete and "changed while it was read" in m.entries[0].why_unstable
 

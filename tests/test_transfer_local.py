@@ -9,6 +9,7 @@ import sys
 import textwrap
 import uuid
 
+import blake3
 import pytest
 
 from tasks.staging.manifest import Manifest, build_manifest, changed_entries
@@ -32,8 +33,12 @@ def run(tmp_path):
     return root, build_manifest(files, run_uid="uid-1", roots=[root])
 
 
-def _sha(path):
-    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+def _sha(path, algorithm="blake3"):
+    """The reference checksum, one shot over the whole file (not the mover's streaming code)."""
+    data = path.read_bytes()
+    if algorithm == "sha256":
+        return "sha256:" + hashlib.sha256(data).hexdigest()
+    return "blake3:" + blake3.blake3(data).hexdigest()
 
 
 def _no_temp_files(dest):
@@ -86,8 +91,25 @@ def _assert_failed_nothing_complete(report, dest, relpath, words):
         report.raise_if_incomplete()
 
 
+def test_sha256_manifest_still_verified(run, tmp_path):
+    root, _ = run
+    files = sorted((root / "run1").rglob("*.bin"))
+    manifest = build_manifest(files, run_uid="uid-1", roots=[root], algorithm="sha256")
+    for e in manifest.entries:
+        assert e.checksum == _sha(root / e.relpath, "sha256")
+    dest = tmp_path / "dest"
+    report = LocalMover(block_size=256 * 1024).transfer(manifest, dest)
+    assert report.complete and [f.status for f in report.files] == ["verified"] * 3
+    assert all(_sha(dest / e.relpath, "sha256") == e.checksum for e in manifest.entries)
+    odd = Manifest.from_dict({**manifest.to_dict(), "entries": [
+        {**manifest.to_dict()["entries"][0], "checksum": "md4:00ff"}]})
+    with pytest.raises(InputError, match="md4"):
+        LocalMover().transfer(odd, tmp_path / "d2")
+
+
 @pytest.mark.parametrize("from_device", [False, True])
-def test_truncated_copy_detected(run, tmp_path, from_device):
+@pytest.mark.parametrize("block_size", [8 * 1024 * 1024, 64 * 1024])  # one block; many blocks
+def test_truncated_copy_detected(run, tmp_path, from_device, block_size):
     _, manifest = run
     target = manifest.entries[1].relpath
 
@@ -96,9 +118,31 @@ def test_truncated_copy_detected(run, tmp_path, from_device):
             os.truncate(tmp, 1000)
 
     dest = tmp_path / "dest"
-    report = LocalMover(fault_hook=truncate, verify_from_device=from_device).transfer(
-        manifest, dest)
+    report = LocalMover(fault_hook=truncate, verify_from_device=from_device,
+                        block_size=block_size).transfer(manifest, dest)
     _assert_failed_nothing_complete(report, dest, target, "truncated")
+
+
+def test_block_corrupted_before_its_read_back_detected(run, tmp_path):
+    # Many blocks, each read back while the next is copied: a byte flipped in block 2 after
+    # the copy wrote it (and before it is read back) must fail the file.
+    _, manifest = run
+    target = manifest.entries[1].relpath
+    dest = tmp_path / "dest"
+    block = 64 * 1024
+
+    def flip_in_second_block(relpath, copied):
+        if relpath == target and copied == 3 * block:
+            (tmp,) = (dest / target).parent.glob(".f1.bin.tomopipe-*")
+            with open(tmp, "r+b") as fh:
+                fh.seek(block + 100)
+                b = fh.read(1)
+                fh.seek(block + 100)
+                fh.write(bytes([b[0] ^ 0x01]))
+
+    report = LocalMover(block_size=block, on_block=flip_in_second_block).transfer(
+        manifest, dest)
+    _assert_failed_nothing_complete(report, dest, target, "checksum of the written copy")
 
 
 def test_corrupted_copy_detected(run, tmp_path):

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tasks.paths import resolve_data_path
-from tasks.staging.checksum import file_sha256
+from tasks.staging.checksum import DEFAULT_ALGORITHM, file_checksum
 from tasks.staging.swmr import hdf5_open_for_writing
 from tomopipe.errors import InputError
 
@@ -30,7 +30,7 @@ class ManifestEntry:
     relpath: str  # path under its data root: the layout kept at the destination
     size: int
     mtime_ns: int
-    checksum: str  # "sha256:<hex>"
+    checksum: str  # "<algorithm>:<hex>": "blake3:..." (default) or "sha256:..."
     stable: bool = True  # False: still being written when looked at
     why_unstable: str = ""
 
@@ -110,11 +110,12 @@ def _relpath(path: Path, roots: list[Path]) -> str:
     return path.name
 
 
-def entry_for(path: str | os.PathLike, *, relpath: str, settle_s: float = 0.0) -> ManifestEntry:
+def entry_for(path: str | os.PathLike, *, relpath: str, settle_s: float = 0.0,
+              algorithm: str = DEFAULT_ALGORITHM) -> ManifestEntry:
     """One file's entry: two looks (before and after hashing, ``settle_s`` apart at least)."""
     path = Path(path)
     before = os.stat(path)
-    checksum, nread = file_sha256(path)
+    checksum, nread = file_checksum(path, algorithm=algorithm)
     if settle_s:
         time.sleep(settle_s)
     after = os.stat(path)
@@ -131,8 +132,10 @@ def entry_for(path: str | os.PathLike, *, relpath: str, settle_s: float = 0.0) -
 
 def build_manifest(files: Iterable[str | os.PathLike], *, run_uid: str,
                    roots: Iterable[str | os.PathLike] | None = None, run_stopped: bool = True,
-                   settle_s: float = 0.0) -> Manifest:
+                   settle_s: float = 0.0, algorithm: str = DEFAULT_ALGORITHM) -> Manifest:
     """A Manifest of ``files`` (already resolved under the data roots).
+
+    ``algorithm``: the checksum of every entry, "blake3" (fast; the default) or "sha256".
 
     ``relpath`` of each entry is its path under the root that holds it (``roots``), else under the
     files' common directory. Files listed twice are kept once.
@@ -146,7 +149,8 @@ def build_manifest(files: Iterable[str | os.PathLike], *, run_uid: str,
         if not p.is_file():
             raise InputError(run_uid, "referenced file does not exist or is not a regular file",
                              where=str(p))
-        entries.append(entry_for(p, relpath=_relpath(p, root_list), settle_s=settle_s))
+        entries.append(entry_for(p, relpath=_relpath(p, root_list), settle_s=settle_s,
+                                 algorithm=algorithm))
     return Manifest(run_uid=run_uid, entries=entries, run_stopped=run_stopped)
 
 
@@ -208,7 +212,8 @@ def files_from_documents(docs: Iterable[tuple[str, dict]], roots: Iterable[str |
 
 
 def manifest_from_documents(docs: Iterable[tuple[str, dict]], roots: Iterable[str | os.PathLike],
-                            *, run_uid: str | None = None, settle_s: float = 0.0) -> Manifest:
+                            *, run_uid: str | None = None, settle_s: float = 0.0,
+                            algorithm: str = DEFAULT_ALGORITHM) -> Manifest:
     """Stage a run: its files resolved under the roots, sized and checksummed."""
     roots = list(roots)
     uid, files, stopped = files_from_documents(docs, roots, run_uid=run_uid)
@@ -216,7 +221,7 @@ def manifest_from_documents(docs: Iterable[tuple[str, dict]], roots: Iterable[st
         raise InputError(uid, "the run's documents reference no files "
                               "(no StreamResource or Resource documents)")
     return build_manifest(files, run_uid=uid, roots=roots, run_stopped=stopped,
-                          settle_s=settle_s)
+                          settle_s=settle_s, algorithm=algorithm)
 
 
 def wait_until_complete(docs_fn, roots, *, run_uid: str | None = None, timeout_s: float = 600.0,

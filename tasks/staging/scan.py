@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tasks.paths import resolve_data_path
 from tasks.sources.spec import FrameSet, ScanSpec
+from tasks.staging.checksum import DEFAULT_ALGORITHM
 from tasks.staging.manifest import Manifest, build_manifest
 from tomopipe.errors import InputError
 
@@ -26,7 +27,8 @@ def spec_files(spec: ScanSpec) -> list[str]:
 
 
 def manifest_for_spec(spec: ScanSpec, data_roots: Iterable[str | os.PathLike] | None = None, *,
-                      run_uid: str | None = None, run_stopped: bool = True) -> Manifest:
+                      run_uid: str | None = None, run_stopped: bool = True,
+                      algorithm: str = DEFAULT_ALGORITHM) -> Manifest:
     """The scan's files with sizes and checksums. With ``data_roots`` every path is first
     resolved under them (paths from documents); without, files are taken as given (a file the
     user named) and laid out under their common directory."""
@@ -37,7 +39,8 @@ def manifest_for_spec(spec: ScanSpec, data_roots: Iterable[str | os.PathLike] | 
         files = [str(resolve_data_path(p, roots, source=uid)) for p in files]
     if not files:
         raise InputError(uid, "scan references no files")
-    return build_manifest(files, run_uid=uid, roots=roots, run_stopped=run_stopped)
+    return build_manifest(files, run_uid=uid, roots=roots, run_stopped=run_stopped,
+                          algorithm=algorithm)
 
 
 def relocate_spec(spec: ScanSpec, manifest: Manifest, dest: str | os.PathLike,

@@ -2,26 +2,40 @@
 
 Each file is copied inside the kernel (``copy_file_range``) under a temporary name in its
 destination directory, read back and hashed, fsynced, and only then renamed into place. The
-copy's SHA-256 must equal the manifest's (taken of the source at staging): one hash pass per file
-checks the whole path end to end, and the source's size and mtime must not have moved while it
-was copied. Several files move at once, so one file's hashing overlaps another's copy.
-A transfer is recorded complete (a verified manifest under
-``dest/.tomopipe/``) only when every file passed.
+copy's checksum (BLAKE3 by default; the manifest entry's prefix says which algorithm) must equal
+the manifest's, taken of the source at staging: one hash pass per file checks the whole path end
+to end, and the source's size and mtime must not have moved while it was copied.
+
+The work overlaps: while the kernel copies block k+1 of a file, another thread reads block k of
+the copy back and hashes it (hashing releases the GIL), so a 1 GB file costs about one copy's
+time on two cores instead of a copy plus a hash. The read-back goes through the page cache
+(what the file system holds) unless ``verify_from_device``. Several files move at once.
+A transfer is recorded complete (a verified manifest under ``dest/.tomopipe/``) only when every
+file passed.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
+import queue
 import secrets
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tasks.staging.checksum import BLOCK_SIZE, file_sha256, format_checksum
+from tasks.staging.checksum import (
+    BLOCK_SIZE,
+    DEFAULT_ALGORITHM,
+    checksum_algorithm,
+    file_checksum,
+    format_checksum,
+    hash_fd_range,
+    new_hasher,
+)
 from tasks.staging.manifest import Manifest, ManifestEntry
 from tasks.transfer.base import (
     FileResult,
@@ -30,6 +44,7 @@ from tasks.transfer.base import (
     destination_record_path,
     safe_relpath,
 )
+from tomopipe.errors import InputError
 
 _FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
@@ -52,28 +67,22 @@ def _drop_cache(fd: int) -> None:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
-def hash_fd(fd: int, block_size: int = BLOCK_SIZE) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    buf = bytearray(block_size)
-    view = memoryview(buf)
-    total = 0
-    os.lseek(fd, 0, os.SEEK_SET)
-    with open(fd, "rb", buffering=0, closefd=False) as fh:
-        while n := fh.readinto(buf):
-            digest.update(view[:n])
-            total += n
-    return format_checksum(digest.hexdigest()), total
+def hash_fd(fd: int, block_size: int = BLOCK_SIZE, *,
+            algorithm: str = DEFAULT_ALGORITHM) -> tuple[str, int]:
+    """("<algorithm>:<hex>", bytes) of a whole open file, read from its start."""
+    digest = new_hasher(algorithm)
+    n = hash_fd_range(fd, digest, 0, os.fstat(fd).st_size, bytearray(block_size))
+    return format_checksum(digest.hexdigest(), algorithm), n
 
 
-def kernel_copy(src_fd: int, dst_fd: int, *, block_size: int = BLOCK_SIZE,
-                on_block: Callable[[int], None] | None = None) -> int:
-    """Copy src to dst (from their current offsets to EOF) inside the kernel; bytes copied.
+def copy_blocks(src_fd: int, dst_fd: int, block_size: int = BLOCK_SIZE) -> Iterator[int]:
+    """Copy src to dst (from their current offsets to EOF), yielding each block's byte count.
 
     ``copy_file_range`` moves pages without a trip through Python (and may share extents on
     file systems that can); where it is not supported, a plain read/write loop does the job.
     """
-    total = 0
     use_kernel = hasattr(os, "copy_file_range")
+    total = 0
     buf = None
     while True:
         if use_kernel:
@@ -94,21 +103,84 @@ def kernel_copy(src_fd: int, dst_fd: int, *, block_size: int = BLOCK_SIZE,
             while written < n:
                 written += os.write(dst_fd, view[written:])
         if not n:
-            return total
+            return
+        total += n
+        yield n
+
+
+def kernel_copy(src_fd: int, dst_fd: int, *, block_size: int = BLOCK_SIZE,
+                on_block: Callable[[int], None] | None = None) -> int:
+    """Copy src to dst (from their current offsets to EOF) inside the kernel; bytes copied."""
+    total = 0
+    for n in copy_blocks(src_fd, dst_fd, block_size):
         total += n
         if on_block is not None:
             on_block(total)
+    return total
+
+
+class ChunkVerifier:
+    """Hashes the copy's blocks, in order, on its own thread while the next blocks are copied.
+
+    Each block is read back (pread, through the page cache) after the copy wrote it, so the
+    digest is of what the destination file holds, not of what was sent to it. Hashing releases
+    the GIL: the copy (in the kernel) and the hash use both cores. At most ``max_pending``
+    blocks wait, so the copy never runs far enough ahead for their pages to leave the cache.
+    """
+
+    def __init__(self, fd: int, algorithm: str, block_size: int = BLOCK_SIZE,
+                 max_pending: int = 8):
+        self.fd, self.algorithm = fd, algorithm
+        self.hasher = new_hasher(algorithm)
+        self.hashed = 0  # bytes read back and hashed
+        self.short = False  # a block read back shorter than written: the file lost bytes
+        self._buf_size = min(block_size, BLOCK_SIZE)
+        self._error: OSError | None = None
+        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._thread = threading.Thread(target=self._run, name="tomopipe-verify", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        buf = bytearray(self._buf_size)
+        while (item := self._queue.get()) is not None:
+            if self._error is not None or self.short:
+                continue  # keep draining so that submit never blocks
+            offset, length = item
+            try:
+                got = hash_fd_range(self.fd, self.hasher, offset, length, buf)
+            except OSError as exc:
+                self._error = exc
+                continue
+            self.hashed += got
+            self.short = got < length
+
+    def submit(self, offset: int, length: int) -> None:
+        self._queue.put((offset, length))
+
+    def finish(self) -> tuple[str, int]:
+        """("<algorithm>:<hex>", bytes hashed) once every submitted block is hashed."""
+        self.close()
+        if self._error is not None:
+            raise self._error
+        return format_checksum(self.hasher.hexdigest(), self.algorithm), self.hashed
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
 
 
 class LocalMover(Mover):
     """Copy, or hard link when on one file system and ``allow_hardlink``; verify; rename.
 
-    ``workers`` files are copied at once (hashing releases the GIL). The read-back check reads
-    the copy through the page cache (what the file system holds, as Globus's verify_checksum
-    does); ``verify_from_device`` fsyncs and drops the pages first so that it reads what the
-    device holds (stronger, and a second full read: about 1.7 x slower in bench_mover).
-    ``fault_hook(stage, path)`` is called at "copied" (temp file written, before verification):
-    tests inject real faults there.
+    ``workers`` files are copied at once, each with its own hashing thread (see
+    ``ChunkVerifier``). The read-back check reads the copy through the page cache (what the file
+    system holds, as Globus's verify_checksum does), block by block just after each is written;
+    ``verify_from_device`` instead fsyncs the whole copy and drops its pages first so that it
+    reads what the device holds (stronger, and a second full read from the disk: slower, see
+    benchmarks/bench_mover.py). ``fault_hook(stage, path)`` is called at "copied" (whole temp
+    file written; its last block and its size not yet checked); ``on_block(relpath, bytes)``
+    after each block is written and before it is read back: tests inject real faults there.
     """
 
     name = "local"
@@ -142,32 +214,24 @@ class LocalMover(Mover):
         return "linked"
 
     def _copy(self, entry: ManifestEntry, tmp: Path, final: Path) -> str:
+        algorithm = checksum_algorithm(entry.checksum)
         src_fd = os.open(entry.path, os.O_RDONLY)
         try:
             st_before = os.fstat(src_fd)
             self._check_source_unchanged(entry, st_before)
             dst_fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            verifier = None if self.verify_from_device else ChunkVerifier(
+                dst_fd, algorithm, self.block_size)
             try:
-                on_block = (lambda n: self.on_block(entry.relpath, n)) if self.on_block else None
-                copied = kernel_copy(src_fd, dst_fd, block_size=self.block_size,
-                                     on_block=on_block)
-                st_after = os.stat(entry.path)
-                if (st_after.st_size, st_after.st_mtime_ns) != \
-                        (st_before.st_size, st_before.st_mtime_ns) or copied != entry.size:
-                    raise CopyFault(f"source changed during the copy (copied {copied} bytes, "
-                                    f"manifest says {entry.size}, now {st_after.st_size})")
-                if self.fsync and self.verify_from_device:
-                    os.fsync(dst_fd)
-                if self.fault_hook is not None:
-                    self.fault_hook("copied", tmp)
-                if self.verify_from_device:
-                    _drop_cache(dst_fd)
-                # End to end: the copy's hash must equal the hash taken of the source at staging.
-                written_sum, written = hash_fd(dst_fd, self.block_size)
-                if written != entry.size:
-                    raise CopyFault(f"copy is truncated: {written} of {entry.size} bytes")
+                written_sum, written = self._copy_and_hash(entry, src_fd, dst_fd, tmp,
+                                                           st_before, verifier)
+                size_now = os.fstat(dst_fd).st_size
+                if written != entry.size or size_now != entry.size:
+                    raise CopyFault(f"copy is truncated: {min(written, size_now)} of "
+                                    f"{entry.size} bytes")
                 if written_sum != entry.checksum:
-                    source_sum, _ = file_sha256(entry.path)  # only on failure: say which side
+                    # only on failure: say which side
+                    source_sum, _ = file_checksum(entry.path, algorithm=algorithm)
                     if source_sum != entry.checksum:
                         raise CopyFault("source content differs from the manifest's checksum "
                                         "(changed since staging); restage and move again")
@@ -177,11 +241,47 @@ class LocalMover(Mover):
                     # after the check: the kernel writes back while we hash, so this waits less
                     os.fsync(dst_fd)
             finally:
+                if verifier is not None:
+                    verifier.close()
                 os.close(dst_fd)
         finally:
             os.close(src_fd)
         os.replace(tmp, final)
         return "verified"
+
+    def _copy_and_hash(self, entry: ManifestEntry, src_fd: int, dst_fd: int, tmp: Path,
+                       st_before: os.stat_result, verifier: ChunkVerifier | None
+                       ) -> tuple[str, int]:
+        """Copy block by block; the checksum and byte count of the copy as read back.
+
+        From the page cache, each block is read back and hashed (by ``verifier``, on another
+        thread) once the copy has written it and the next block is on its way; the last block
+        waits until the whole file is copied and checked (``fault_hook`` "copied" runs first).
+        From the device, the whole copy is fsynced, its pages dropped, then read back.
+        """
+        copied, pending = 0, None
+        for n in copy_blocks(src_fd, dst_fd, self.block_size):
+            if self.on_block is not None:
+                self.on_block(entry.relpath, copied + n)
+            if verifier is not None and pending is not None:
+                verifier.submit(*pending)
+            pending = (copied, n)
+            copied += n
+        st_after = os.stat(entry.path)
+        if (st_after.st_size, st_after.st_mtime_ns) != \
+                (st_before.st_size, st_before.st_mtime_ns) or copied != entry.size:
+            raise CopyFault(f"source changed during the copy (copied {copied} bytes, "
+                            f"manifest says {entry.size}, now {st_after.st_size})")
+        if self.fsync and self.verify_from_device:
+            os.fsync(dst_fd)
+        if self.fault_hook is not None:
+            self.fault_hook("copied", tmp)
+        if verifier is None:
+            _drop_cache(dst_fd)
+            return hash_fd(dst_fd, self.block_size, algorithm=checksum_algorithm(entry.checksum))
+        if pending is not None:
+            verifier.submit(*pending)
+        return verifier.finish()
 
     def _move_one(self, entry: ManifestEntry, dest: Path, run_uid: str, link_ok: bool,
                   previous: dict[str, dict]) -> FileResult:
@@ -223,6 +323,11 @@ class LocalMover(Mover):
     # -- a whole manifest ---------------------------------------------------------------------
     def transfer(self, manifest: Manifest, dest: str | os.PathLike) -> TransferReport:
         self.check_manifest(manifest)
+        for entry in manifest.entries:
+            try:
+                checksum_algorithm(entry.checksum)
+            except ValueError as exc:
+                raise InputError(manifest.run_uid, str(exc), where=entry.relpath) from None
         dest = Path(dest).expanduser().resolve()
         report = TransferReport(run_uid=manifest.run_uid, mover=self.name,
                                 destination=str(dest))

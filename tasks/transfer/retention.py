@@ -10,9 +10,10 @@ A file is deleted only when all of these hold, else it is kept and the reason re
 * it is older than ``keep_days`` (mtime) and a regular file (symbolic links are never followed);
 * the transfer ledger records a complete transfer of it, and it has not changed since it was
   staged (size and mtime equal to the manifest's);
-* the copy is verified now: for a local destination the copy exists and its SHA-256 equals the
-  manifest's (read again); for Globus, the service verified the checksum (``verify_checksum``
-  with the manifest's SHA-256 as external checksum) in the recorded task.
+* the copy is verified now: for a local destination the copy exists and its checksum (the
+  manifest's algorithm: BLAKE3 or SHA-256) equals the manifest's (read again); for Globus, the
+  service verified the checksum (``verify_checksum`` with the source's SHA-256 as external
+  checksum) in the recorded task.
 
 The scheduled Prefect flow that applies it lives in ``flows/retention.py``.
 """
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tasks.paths import is_under_roots
-from tasks.staging.checksum import file_sha256
+from tasks.staging.checksum import verify_file
 from tasks.transfer.ledger import CopyRecord, copies_by_source
 from tasks.transfer.sites import RetentionPolicy
 
@@ -74,8 +75,12 @@ def _verified_copy(path: Path, st: os.stat_result, records: list[CopyRecord]) ->
         if dest.stat().st_size != entry.size:
             why = f"recorded copy {dest} has the wrong size"
             continue
-        checksum, _ = file_sha256(dest)
-        if checksum != entry.checksum:
+        try:
+            ok, _ = verify_file(dest, entry.checksum)  # in the manifest's own algorithm
+        except ValueError as exc:
+            ok, why = False, f"recorded copy {dest} cannot be checked: {exc}"
+            continue
+        if not ok:
             why = f"recorded copy {dest} fails its checksum"
             continue
         return True, f"copy {dest} verified ({entry.checksum[:19]}...)"

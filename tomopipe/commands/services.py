@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
 from tomopipe.config import home as default_home
 from tomopipe.config import load_settings
+from tomopipe.errors import ConfigError
 
 ADDRESSES = ("prefect_ui", "prefect_api", "zmq_in", "zmq_out", "tiled", "data_root")
 
@@ -18,10 +20,12 @@ def add_parser(subparsers) -> None:
         "up", help="start the embedded services (Prefect, worker, 0MQ proxy, Tiled, bridge)",
         description="Start the embedded services of $TOMOPIPE_HOME on loopback and register the "
                     "deployments. Does nothing when they already run.")
-    up.add_argument("--prefect-port", type=int, help="Prefect server port (default: a free one)")
-    up.add_argument("--tiled-port", type=int, help="Tiled server port (default: a free one)")
-    up.add_argument("--zmq-in-port", type=int, help="0MQ proxy port publishers send to")
-    up.add_argument("--zmq-out-port", type=int, help="0MQ proxy port subscribers read from")
+    for name, what in (("prefect", "Prefect server port"), ("tiled", "Tiled server port"),
+                       ("zmq-in", "0MQ proxy port publishers send to"),
+                       ("zmq-out", "0MQ proxy port subscribers read from")):
+        env = f"TOMOPIPE_{name.replace('-', '_').upper()}_PORT"
+        up.add_argument(f"--{name}-port", type=int,
+                        help=f"{what} (default: ${env}, else a free one)")
     up.add_argument("--timeout", type=float, default=180.0,
                     help="seconds each service may take to become healthy (default 180)")
     up.add_argument("--no-bridge", action="store_true", help="do not start the document bridge")
@@ -42,12 +46,23 @@ def add_parser(subparsers) -> None:
     down.set_defaults(func=run_down)
 
 
+def _env_port(name: str) -> int | None:
+    value = os.environ.get(name)
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"${name}: not a port number: {value!r}") from None
+
+
 def run_up(args: argparse.Namespace) -> int:
     from infra import services
 
     settings = load_settings()
-    ports = services.Ports(prefect=args.prefect_port, tiled=args.tiled_port,
-                           zmq_in=args.zmq_in_port, zmq_out=args.zmq_out_port)
+    ports = services.Ports(**{
+        name: getattr(args, f"{name}_port") or _env_port(f"TOMOPIPE_{name.upper()}_PORT")
+        for name in ("prefect", "tiled", "zmq_in", "zmq_out")})
     print(f"starting the services of {settings.home} ...", flush=True)
     t0 = time.monotonic()
     state, started = services.up(
