@@ -2,7 +2,7 @@
 
 The rules (plain code in ``tasks.transfer.retention``): a raw file older than the site's
 ``keep_days`` is deleted only when the transfer ledger records a complete transfer of it, it has
-not changed since, and its copy is verified now (local: SHA-256 read again; Globus: checksum
+not changed since, and its copy is verified now (local: checksum read again; Globus: checksum
 verified by the service in the recorded task). Everything else is kept, with the reason.
 
 Run on a schedule: ``python -m flows.retention`` serves it daily (cron ``0 3 * * *``); each run

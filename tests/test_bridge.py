@@ -22,6 +22,7 @@ from test_flows_support import (  # noqa: F401  (e2_services is a fixture)
     flow_runs,
     publish,
     publish_raw,
+    session_processes,
     wait_for,
 )
 
@@ -197,7 +198,7 @@ def test_malformed_bus_messages_do_not_stop_the_bridge(e2_services):  # noqa: F8
     assert len(flow_runs(state, LIVE, uid)) == 1
 
 
-def test_bridge_killed_mid_run_reconstructs_once(e2_services, request):  # noqa: F811
+def test_bridge_killed_mid_run_reconstructs_once(e2_services, session_processes):  # noqa: F811
     home, state = e2_services
     uid, docs = _sim_docs(home)
     cut = next(i for i, (n, d) in enumerate(docs) if n == "event"
@@ -214,7 +215,7 @@ def test_bridge_killed_mid_run_reconstructs_once(e2_services, request):  # noqa:
     proc = subprocess.Popen([sys.executable, "-m", "deployments.bridge", "--home", str(home)],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
-    request.addfinalizer(lambda: (proc.terminate(), proc.wait(10)))
+    session_processes.append(proc)
     state.setdefault("pids", {})["bridge"] = proc.pid  # later tests check this one
     wait_for(ready.exists, 120, what="the restarted bridge")
     publish(state["zmq_in"], docs[cut:])

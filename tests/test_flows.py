@@ -142,3 +142,40 @@ def test_single_run_by_file(e2_services, tmp_path):  # noqa: F811
     state_ = single_run(path=str(tmp_path / "missing.h5"), workers=0, home=str(home),
                         return_state=True)
     assert state_.is_failed() and "missing.h5" in state_.message
+
+
+def test_register_all_updates_and_removes_stale(e2_services):  # noqa: F811
+    """Registering again keeps one automation per trigger and deletes deployments (and their
+    automations) that prefect.yaml no longer defines."""
+    import httpx
+
+    from deployments.register import register_all
+    from tomopipe.config import load_settings
+
+    home, state = e2_services
+    api = state["prefect_api"]
+    live = httpx.get(f"{api}/deployments/name/live-run/live", timeout=30).json()
+    stale = httpx.post(f"{api}/deployments/", timeout=30, json={
+        "name": "stale", "flow_id": live["flow_id"], "work_pool_name": "tomopipe",
+        "entrypoint": "flows/live.py:live_run"}).json()
+    httpx.post(f"{api}/automations/", timeout=30, json={
+        "name": "stale-trigger", "trigger": {"type": "event", "expect": ["never.happens"],
+                                             "posture": "Reactive", "threshold": 1},
+        "actions": [{"type": "run-deployment", "source": "selected",
+                     "deployment_id": stale["id"]}],
+        "owner_resource": f"prefect.deployment.{stale['id']}"}).raise_for_status()
+
+    registered = register_all(load_settings(home), state)
+    assert "live-run/live" in registered and "backfill/backfill" in registered
+    deployments = httpx.post(f"{api}/deployments/filter", json={}, timeout=30).json()
+    assert "stale" not in {d["name"] for d in deployments}
+    automations = httpx.post(f"{api}/automations/filter", json={}, timeout=30).json()
+    names = [a["name"] for a in automations]
+    assert "stale-trigger" not in names and names.count("live__automation_1") == 1
+    live_auto = next(a for a in automations if a["name"] == "live__automation_1")
+    assert live_auto["trigger"]["match"]["bluesky.tomo"] == "true"
+    assert live_auto["trigger"]["expect"] == ["bluesky.run.start"]
+    # the other tests' flows reconstruct in-process: keep that after re-registering
+    from test_flows_support import _prepare
+
+    _prepare(home, state)

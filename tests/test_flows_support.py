@@ -37,6 +37,20 @@ def e2_services(services, services_home):
     return home, _prepare(home, services)
 
 
+@pytest.fixture(scope="session")
+def session_processes():
+    """Processes a test starts that must outlive it (a restarted bridge serves later tests);
+    terminated at the end of the session."""
+    procs: list = []
+    yield procs
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except Exception:
+            proc.kill()
+
+
 def state_home(state: dict, default: Path) -> str:
     return state.get("home") or str(default)
 

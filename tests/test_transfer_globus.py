@@ -2,9 +2,11 @@
 service cannot run on this machine. What is real: the manifest, the files it was built from, the
 globus-sdk client and its HTTP requests, which the tests read back and check exactly."""
 
+import hashlib
 import json
 import os
 import uuid
+from pathlib import Path
 
 import globus_sdk
 import pytest
@@ -108,7 +110,9 @@ def _check_submitted_body(manifest):
     want = sorted(manifest.entries, key=lambda e: e.relpath)
     assert [(i["source_path"], i["destination_path"]) for i in items] == [
         (f"/bl/raw/{e.relpath}", f"/tomo/in/uid-7/{e.relpath}") for e in want]
-    assert [i["external_checksum"] for i in items] == [e.checksum.split(":")[1] for e in want]
+    # Globus checks SHA-256 (it has no BLAKE3): the source's, whatever the manifest's algorithm
+    assert [i["external_checksum"] for i in items] == [
+        hashlib.sha256(Path(e.path).read_bytes()).hexdigest() for e in want]
     assert {i["checksum_algorithm"] for i in items} == {"SHA256"}
     assert all(i["DATA_TYPE"] == "transfer_item" for i in items)
 
@@ -288,3 +292,44 @@ def test_mover_chosen_per_site_with_credentials_from_env(run, monkeypatch):
                                                    "root": "/x"}}, {}, {})
     with pytest.raises(ConfigError, match="sites.a.collection"):
         mover_for(half, half.sites["a"], half.sites["hpc"])
+
+
+def test_sha256_manifest_sent_as_is_and_chosen_for_globus_sites(run, tmp_path):
+    from tasks.transfer.movers import manifest_algorithm
+
+    _, cfg = run
+    assert manifest_algorithm(cfg) == "sha256"  # a Globus site on either side
+    local = parse_transfer_config({"a": {}, "b": {}}, {"source": "a", "destination": "b",
+                                                       "destination_path": "/d"}, {})
+    assert manifest_algorithm(local) == "blake3"
+    root = tmp_path / "raw"  # the fixture's files
+    files = sorted((root / "run7").iterdir())
+    manifest = build_manifest(files, run_uid="uid-7", roots=[root], algorithm="sha256")
+    # same size and mtime, other bytes: a SHA-256 manifest is not read again (the service's
+    # verification then fails the task); only the manifest's own digest goes out
+    st = files[0].stat()
+    files[0].write_bytes(os.urandom(st.st_size))
+    os.utime(files[0], ns=(st.st_atime_ns, st.st_mtime_ns))
+    task_id = _submit()
+    load_response(_task(task_id, "SUCCEEDED", "OK"))
+    _successful(task_id, [])
+    mover, _ = _mover(cfg)
+    report = mover.transfer(manifest, "/scratch/tomo/in/uid-7")
+    body = json.loads(_requests("POST", "/v0.10/transfer")[-1].body)
+    sent = {i["source_path"]: (i["checksum_algorithm"], i["external_checksum"])
+            for i in body["DATA"]}
+    assert sent == {f"/bl/raw/{e.relpath}": ("SHA256", e.checksum.split(":")[1])
+                    for e in manifest.entries}
+    assert {f.checksum for f in report.files} == {e.checksum for e in manifest.entries}
+
+
+def test_blake3_manifest_with_changed_source_sends_nothing(run, tmp_path):
+    manifest, cfg = run
+    assert manifest.entries[0].checksum.startswith("blake3:")
+    with open(manifest.entries[0].path, "ab") as fh:
+        fh.write(b"late frame")
+    mover, _ = _mover(cfg)
+    report = mover.transfer(manifest, "/scratch/tomo/in/uid-7")
+    assert not report.complete and "changed since it was staged" in report.error
+    assert manifest.entries[0].relpath in report.error
+    assert not _requests("POST", "/v0.10/transfer") and not responses.calls

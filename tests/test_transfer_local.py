@@ -98,7 +98,7 @@ def test_sha256_manifest_still_verified(run, tmp_path):
     for e in manifest.entries:
         assert e.checksum == _sha(root / e.relpath, "sha256")
     dest = tmp_path / "dest"
-    report = LocalMover(block_size=256 * 1024).transfer(manifest, dest)
+    report = LocalMover(block_size=256 * 1024, readback="mmap").transfer(manifest, dest)
     assert report.complete and [f.status for f in report.files] == ["verified"] * 3
     assert all(_sha(dest / e.relpath, "sha256") == e.checksum for e in manifest.entries)
     odd = Manifest.from_dict({**manifest.to_dict(), "entries": [
@@ -107,9 +107,10 @@ def test_sha256_manifest_still_verified(run, tmp_path):
         LocalMover().transfer(odd, tmp_path / "d2")
 
 
+@pytest.mark.parametrize("readback", ["read", "mmap"])
 @pytest.mark.parametrize("from_device", [False, True])
 @pytest.mark.parametrize("block_size", [8 * 1024 * 1024, 64 * 1024])  # one block; many blocks
-def test_truncated_copy_detected(run, tmp_path, from_device, block_size):
+def test_truncated_copy_detected(run, tmp_path, from_device, block_size, readback):
     _, manifest = run
     target = manifest.entries[1].relpath
 
@@ -119,11 +120,12 @@ def test_truncated_copy_detected(run, tmp_path, from_device, block_size):
 
     dest = tmp_path / "dest"
     report = LocalMover(fault_hook=truncate, verify_from_device=from_device,
-                        block_size=block_size).transfer(manifest, dest)
+                        block_size=block_size, readback=readback).transfer(manifest, dest)
     _assert_failed_nothing_complete(report, dest, target, "truncated")
 
 
-def test_block_corrupted_before_its_read_back_detected(run, tmp_path):
+@pytest.mark.parametrize("readback", ["read", "mmap"])
+def test_block_corrupted_before_its_read_back_detected(run, tmp_path, readback):
     # Many blocks, each read back while the next is copied: a byte flipped in block 2 after
     # the copy wrote it (and before it is read back) must fail the file.
     _, manifest = run
@@ -140,12 +142,13 @@ def test_block_corrupted_before_its_read_back_detected(run, tmp_path):
                 fh.seek(block + 100)
                 fh.write(bytes([b[0] ^ 0x01]))
 
-    report = LocalMover(block_size=block, on_block=flip_in_second_block).transfer(
-        manifest, dest)
+    report = LocalMover(block_size=block, on_block=flip_in_second_block,
+                        readback=readback).transfer(manifest, dest)
     _assert_failed_nothing_complete(report, dest, target, "checksum of the written copy")
 
 
-def test_corrupted_copy_detected(run, tmp_path):
+@pytest.mark.parametrize("readback", ["read", "mmap"])
+def test_corrupted_copy_detected(run, tmp_path, readback):
     _, manifest = run
     target = manifest.entries[1].relpath
 
@@ -158,7 +161,7 @@ def test_corrupted_copy_detected(run, tmp_path):
                 fh.write(bytes([b[0] ^ 0xFF]))
 
     dest = tmp_path / "dest"
-    report = LocalMover(fault_hook=flip_a_byte).transfer(manifest, dest)
+    report = LocalMover(fault_hook=flip_a_byte, readback=readback).transfer(manifest, dest)
     _assert_failed_nothing_complete(report, dest, target, "checksum of the written copy")
 
 
@@ -268,7 +271,9 @@ def test_move_run_and_results_back_through_config(run, tmp_path):
     assert _sha(tmp_path / "results" / volume.name / "0" / "c") == _sha(volume / "0" / "c")
 
 
-def test_read_write_fallback_where_copy_file_range_is_missing(run, tmp_path, monkeypatch):
+@pytest.mark.parametrize("readback", ["read", "mmap"])  # blocks not page-aligned: 100 kB
+def test_read_write_fallback_where_copy_file_range_is_missing(run, tmp_path, monkeypatch,
+                                                              readback):
     # Simulates a kernel / file system without copy_file_range (ENOSYS): the plain loop copies.
     import errno
 
@@ -280,7 +285,8 @@ def test_read_write_fallback_where_copy_file_range_is_missing(run, tmp_path, mon
 
     monkeypatch.setattr(os, "copy_file_range", no_kernel_copy)
     _, manifest = run
-    report = LocalMover(block_size=100_000).transfer(manifest, tmp_path / "dest")
+    report = LocalMover(block_size=100_000, readback=readback).transfer(manifest,
+                                                                        tmp_path / "dest")
     assert report.complete and len(calls) == 3
     for e in manifest.entries:
         assert _sha(tmp_path / "dest" / e.relpath) == e.checksum

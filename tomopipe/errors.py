@@ -17,6 +17,10 @@ class InputError(TomopipeError):
         parts = [self.source] + ([where] if where else []) + [fault]
         super().__init__(": ".join(parts))
 
+    def __reduce__(self):
+        # Errors cross process boundaries (Dask workers, Prefect results): rebuild from the parts.
+        return (type(self), (self.source, self.fault, self.where))
+
 
 class ConfigError(TomopipeError):
     """Bad configuration: names the setting (and file) and what is wrong."""

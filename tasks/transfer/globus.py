@@ -2,7 +2,12 @@
 
 The whole manifest goes in one task (``sync_level="checksum"`` skips files already identical,
 ``verify_checksum=True`` makes the service verify what it wrote, and each item carries the
-manifest's SHA-256 as ``external_checksum``). The task is watched until it succeeds, a deadline
+source's SHA-256 as ``external_checksum`` with ``checksum_algorithm="SHA256"``). Globus
+checksums with the algorithms its endpoints implement (MD5 when none is named; SHA1, SHA256,
+SHA512, ADLER32 where the endpoint supports them), never BLAKE3: a manifest staged with SHA-256
+(``tasks.transfer.movers.manifest_algorithm`` picks it for Globus sites) is sent as it is;
+for a BLAKE3 manifest the mover computes each source's SHA-256 first, refusing a file whose size
+or mtime moved since staging. The task is watched until it succeeds, a deadline
 passes (the task is cancelled), or the service reports a fatal fault (permission denied, not
 found, quota: cancelled at once). Transient API errors (429, 5xx, network) are retried with
 backoff; the submission id is fetched once so a retried submission cannot start a second task.
@@ -23,8 +28,8 @@ from pathlib import Path, PurePosixPath
 
 import globus_sdk
 
-from tasks.staging.checksum import split_checksum
-from tasks.staging.manifest import Manifest
+from tasks.staging.checksum import file_checksum, split_checksum
+from tasks.staging.manifest import Manifest, ManifestEntry
 from tasks.transfer.base import FileResult, Mover, TransferReport, safe_relpath
 from tasks.transfer.sites import Site
 from tomopipe.errors import ConfigError, ServiceError
@@ -36,6 +41,34 @@ TRANSIENT_HTTP = (429, 500, 502, 503, 504)
 FATAL_CODES = ("PERMISSION_DENIED", "FILE_NOT_FOUND", "QUOTA_EXCEEDED", "NO_SPACE_LEFT",
                "ENDPOINT_NOT_FOUND", "PATH_NOT_FOUND", "EXPIRED_CREDENTIAL")
 CHECKSUM_CODES = ("VERIFY_CHECKSUM", "CHECKSUM_MISMATCH")
+# our algorithm name -> Globus's checksum_algorithm (only those tasks.staging.checksum computes)
+GLOBUS_ALGORITHMS = {"sha256": "SHA256"}
+EXTERNAL_ALGORITHM = "sha256"
+
+
+class SourceChanged(Exception):
+    pass
+
+
+def external_checksum(entry: ManifestEntry) -> tuple[str, str]:
+    """(Globus algorithm, hex) for a manifest entry: its own checksum when Globus knows the
+    algorithm, else the SHA-256 of the source, read now (its size and mtime must still be the
+    manifest's before and after the read)."""
+    algo, digest = split_checksum(entry.checksum)
+    if algo in GLOBUS_ALGORITHMS:
+        return GLOBUS_ALGORITHMS[algo], digest
+    try:
+        before = os.stat(entry.path)
+        checksum, nread = file_checksum(entry.path, algorithm=EXTERNAL_ALGORITHM)
+        after = os.stat(entry.path)
+    except OSError as exc:
+        raise SourceChanged(f"cannot read the source to compute its SHA-256 for Globus "
+                            f"({exc.strerror or exc})") from None
+    staged = (entry.size, entry.mtime_ns)
+    if (before.st_size, before.st_mtime_ns) != staged or \
+            (after.st_size, after.st_mtime_ns) != staged or nread != entry.size:
+        raise SourceChanged("source changed since it was staged; restage and move again")
+    return GLOBUS_ALGORITHMS[EXTERNAL_ALGORITHM], split_checksum(checksum)[1]
 
 
 class GlobusCredentials:
@@ -199,9 +232,23 @@ class GlobusMover(Mover):
         return [dict(ev) for ev in resp if ev.get("is_error")]
 
     # -- the transfer -------------------------------------------------------------------------
+    def external_checksums(self, manifest: Manifest) -> tuple[dict[str, tuple[str, str]],
+                                                              list[FileResult]]:
+        """relpath -> (Globus algorithm, hex) for every entry; and the entries that failed."""
+        sums, failed = {}, []
+        for entry in manifest.entries:
+            try:
+                sums[entry.relpath] = external_checksum(entry)
+            except SourceChanged as exc:
+                failed.append(FileResult(relpath=entry.relpath, source=entry.path,
+                                         destination="", size=entry.size,
+                                         checksum=entry.checksum, error=str(exc)))
+        return sums, failed
+
     def build_transfer_data(self, manifest: Manifest, dest: str | os.PathLike,
-                            submission_id: str) -> tuple[globus_sdk.TransferData,
-                                                         list[FileResult]]:
+                            submission_id: str,
+                            checksums: dict[str, tuple[str, str]] | None = None
+                            ) -> tuple[globus_sdk.TransferData, list[FileResult]]:
         deadline = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.deadline_s)
         tdata = globus_sdk.TransferData(
             self.source.collection, self.destination.collection,
@@ -214,12 +261,13 @@ class GlobusMover(Mover):
             dest_local = PurePosixPath(os.fspath(dest)).joinpath(*rel.parts)
             src_path = self.source.collection_path(entry.path)
             dst_path = self.destination.collection_path(dest_local)
-            algo, digest = split_checksum(entry.checksum)
+            algo, digest = (checksums[entry.relpath] if checksums is not None
+                            else external_checksum(entry))
             tdata.add_item(src_path, dst_path, external_checksum=digest,
-                           checksum_algorithm=algo.upper())
+                           checksum_algorithm=algo)
             files.append(FileResult(relpath=entry.relpath, source=src_path,
                                     destination=dst_path, size=entry.size,
-                                    checksum=entry.checksum))
+                                    checksum=f"{algo.lower()}:{digest}"))
         return tdata, files
 
     def transfer(self, manifest: Manifest, dest: str | os.PathLike) -> TransferReport:
@@ -227,17 +275,25 @@ class GlobusMover(Mover):
         report = TransferReport(run_uid=manifest.run_uid, mover=self.name,
                                 destination=f"{self.destination.collection}:"
                                             f"{self.destination.collection_path(dest)}")
+        checksums, failed = self.external_checksums(manifest)  # before any request
+        if failed:
+            report.files = failed
+            report.error = (f"{len(failed)} file(s) not sent to Globus: {failed[0].relpath}: "
+                            f"{failed[0].error}")
+            report.finished = time.time()
+            return report
         try:
-            self._run(manifest, dest, report)
+            self._run(manifest, dest, report, checksums)
         except GlobusTaskFailed as exc:
             report.error = report.error or str(exc)
         report.finished = time.time()
         return report
 
-    def _run(self, manifest: Manifest, dest, report: TransferReport) -> None:
+    def _run(self, manifest: Manifest, dest, report: TransferReport,
+             checksums: dict[str, tuple[str, str]] | None = None) -> None:
         client = self.client
         sid = self._call("get_submission_id", client.get_submission_id)["value"]
-        tdata, report.files = self.build_transfer_data(manifest, dest, sid)
+        tdata, report.files = self.build_transfer_data(manifest, dest, sid, checksums)
         result = self._call("submit_transfer", client.submit_transfer, tdata)
         task_id = report.task_id = str(result["task_id"])
         log.info("Globus task %s submitted for run %s (%d files)", task_id, manifest.run_uid,

@@ -29,7 +29,7 @@ from tasks.staging.scan import manifest_for_spec, relocate_spec
 from tasks.transfer.backpressure import ensure_transfer_limits, transfer_slot
 from tasks.transfer.base import TransferError, TransferReport
 from tasks.transfer.ledger import ledger_dir
-from tasks.transfer.movers import move_results, move_run, run_destination
+from tasks.transfer.movers import manifest_algorithm, move_results, move_run, run_destination
 from tasks.transfer.sites import TransferConfig, load_transfer_config
 
 
@@ -124,7 +124,7 @@ def move_scan_data(spec: ScanSpec, data_roots: list | None = None,
     ``manifest_path``: also save the manifest there (next to the volume's provenance).
     """
     cfg = _config(cfg)
-    manifest = manifest_for_spec(spec, data_roots)
+    manifest = manifest_for_spec(spec, data_roots, algorithm=manifest_algorithm(cfg))
     if manifest_path:
         manifest.save(manifest_path)
     dest = run_destination(cfg, manifest.run_uid)

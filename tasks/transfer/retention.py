@@ -78,7 +78,7 @@ def _verified_copy(path: Path, st: os.stat_result, records: list[CopyRecord]) ->
         try:
             ok, _ = verify_file(dest, entry.checksum)  # in the manifest's own algorithm
         except ValueError as exc:
-            ok, why = False, f"recorded copy {dest} cannot be checked: {exc}"
+            why = f"recorded copy {dest} cannot be checked: {exc}"
             continue
         if not ok:
             why = f"recorded copy {dest} fails its checksum"
