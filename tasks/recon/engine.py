@@ -100,12 +100,6 @@ def angles_rad(spec: ScanSpec) -> np.ndarray:
     return np.deg2rad(np.asarray(spec.angles_deg, dtype=np.float64))
 
 
-def _rethrowable(exc: TomopipeError) -> TomopipeError:
-    # InputError's constructor takes three arguments, so it does not unpickle on the client;
-    # send the one-line message in the base class instead.
-    return TomopipeError(str(exc))
-
-
 def find_center(spec: ScanSpec, params: ReconParams, rows: tuple[int, int]) -> dict:
     """The centre to use: the given number, or auto_center on a band of central rows."""
     if params.center != "auto":
@@ -142,20 +136,17 @@ def run_slab(job: SlabJob) -> dict:
     z_rows = (job.z0, job.z0 + job.rows[1] - job.rows[0])
     if publish.slab_done(job.partial, z_rows):
         return {"rows": list(job.rows), "skipped": True}
-    try:
-        t0 = time.perf_counter()
-        proj, flats, darks = read_slab(job.spec, job.rows)
-        t1 = time.perf_counter()
-        backend = _cached_backend(job.backend, job.params.algorithm,
-                                  _worker_threads().get("nthreads"))
-        recon = reconstruct_slab(proj, flats, darks, angles_rad(job.spec), job.center, job.params,
-                                 backend=backend, pixel_size_um=job.pixel_size_um)
-        del proj, flats, darks
-        t2 = time.perf_counter()
-        write_levels(Path(job.partial), job.z0, build_levels(recon, job.n_levels))
-        t3 = time.perf_counter()
-    except TomopipeError as exc:
-        raise _rethrowable(exc) from None
+    t0 = time.perf_counter()
+    proj, flats, darks = read_slab(job.spec, job.rows)
+    t1 = time.perf_counter()
+    backend = _cached_backend(job.backend, job.params.algorithm,
+                              _worker_threads().get("nthreads"))
+    recon = reconstruct_slab(proj, flats, darks, angles_rad(job.spec), job.center, job.params,
+                             backend=backend, pixel_size_um=job.pixel_size_um)
+    del proj, flats, darks
+    t2 = time.perf_counter()
+    write_levels(Path(job.partial), job.z0, build_levels(recon, job.n_levels))
+    t3 = time.perf_counter()
     info = {"read_s": t1 - t0, "recon_s": t2 - t1, "write_s": t3 - t2, "pid": os.getpid()}
     publish.mark_slab_done(job.partial, z_rows, info)
     _release_memory()
