@@ -58,6 +58,9 @@ def measure(home: Path, state: dict, *, size: int, rows: int, angles: int, fps: 
     recon_s = float(row["details"]["recon_s"])
     flow_start = _ts(fr["start_time"])
     published = float(row["updated"])
+    emitted = _ledger_times(home, uid)
+    tasks = _task_spans(state["prefect_api"], fr["id"])
+    t0, t1 = start["time"], stop["time"]
     return {
         "uid": uid, "size": size, "rows": rows, "angles": angles,
         "start_doc_to_flow_running_s": round(flow_start - start["time"], 3),
@@ -66,7 +69,30 @@ def measure(home: Path, state: dict, *, size: int, rows: int, angles: int, fps: 
         "overhead_beyond_reconstruction_s": round(published - stop["time"] - recon_s, 3),
         "scan_s": round(stop["time"] - start["time"], 3),
         "flow_total_s": round(_ts(fr["end_time"]) - flow_start, 3),
+        # where the start latency goes: bridge (write + emit), automation, worker + process
+        "start_event_emitted_s": round(emitted.get("bluesky.run.start", t0) - t0, 3),
+        "flow_run_created_s": round(_ts(fr["created"]) - t0, 3),
+        # after the stop document: the bridge's stop write, then each task of the flow
+        "stop_event_emitted_s": round(emitted.get("bluesky.run.stop", t1) - t1, 3),
+        **{f"task_{name}_ends_after_stop_s": round(end - t1, 3) for name, end in tasks.items()},
     }
+
+
+def _ledger_times(home: Path, uid: str) -> dict:
+    import sqlite3
+
+    db = sqlite3.connect(Path(home) / "bridge" / "ledger.sqlite")
+    try:
+        return dict(db.execute("SELECT event, at FROM emitted WHERE uid = ?", (uid,)))
+    finally:
+        db.close()
+
+
+def _task_spans(api: str, flow_run_id: str) -> dict:
+    body = {"flow_runs": {"id": {"any_": [flow_run_id]}}}
+    runs = httpx.post(f"{api}/task_runs/filter", json=body, timeout=10).json()
+    return {tr["task_key"].split("-")[0] if tr.get("task_key") else tr["name"]: _ts(tr["end_time"])
+            for tr in runs if tr.get("end_time")}
 
 
 def main(argv=None) -> int:

@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.single_run import reconstruct_scan
-from tasks.recon_tasks import already_done, output_for, recon_params, record_state
+from tasks.recon_tasks import already_done, recon_params, record_state, run_output
 from tasks.run_tasks import find_runs, home_of, resolve_run
 from tomopipe.config import load_settings
 from tomopipe.errors import InputError, TomopipeError
@@ -58,12 +58,7 @@ def backfill(plan: str | None = None, since: str | None = None, until: str | Non
             rows.append({"uid": uid, "state": "skipped",
                          "message": f"run ended {run['stop'].get('exit_status')}"})
             continue
-        try:
-            out, _ = output_for(settings, resolve_run(uid, str(h)), recon)
-        except TomopipeError as exc:
-            record_state(str(h), uid, "failed", plan_name=run["plan_name"], message=str(exc))
-            rows.append({"uid": uid, "state": "failed", "message": str(exc)})
-            continue
+        out, _ = run_output(settings, uid, recon)
         if already_done(out) and not force:
             rows.append({"uid": uid, "state": "skipped", "message": "done (same key)"})
             continue

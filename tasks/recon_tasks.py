@@ -50,10 +50,17 @@ def output_for(settings: Settings, spec: ScanSpec, params: ReconParams) -> tuple
     """(volume path, key): ``<output_root>/<source>/<key>.zarr``, one folder per run or file."""
     import os
 
+    if spec.extra.get("source") == "bluesky" and spec.identity:
+        return run_output(settings, spec.identity, params)
     identity = spec.identity or os.path.abspath(spec.label)
     key = output_key(identity, params, __version__)
-    folder = spec.identity if spec.extra.get("source") == "bluesky" else Path(spec.label).stem
-    return settings.output_root / str(folder) / f"{key}.zarr", key
+    return settings.output_root / Path(spec.label).stem / f"{key}.zarr", key
+
+
+def run_output(settings: Settings, uid: str, params: ReconParams) -> tuple[Path, str]:
+    """Where the run ``uid`` is published with these parameters (no need to read the run)."""
+    key = output_key(uid, params, __version__)
+    return settings.output_root / uid / f"{key}.zarr", key
 
 
 def already_done(path: Path) -> bool:

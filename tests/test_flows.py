@@ -179,3 +179,25 @@ def test_register_all_updates_and_removes_stale(e2_services):  # noqa: F811
     from test_flows_support import _prepare
 
     _prepare(home, state)
+
+
+def test_preview_shows_three_middle_slices(tmp_path):
+    from PIL import Image
+
+    from tasks.preview import write_preview
+    from tasks.storage.omezarr import LevelLayout, create_volume, write_levels
+
+    vol = np.zeros((8, 16, 24), np.float32)
+    vol[3:5, 6:10, 10:14] = 1.0  # a bright block through the middle of every axis
+    out = tmp_path / "v.zarr"
+    create_volume(out, [LevelLayout(vol.shape, (8, 16, 24), (8, 16, 24))], pixel_size_um=None,
+                  provenance={})
+    write_levels(out, 0, [vol])
+    png = write_preview(out, min_px=0)
+    assert png == tmp_path / "v.zarr.preview.png"
+    image = np.asarray(Image.open(png))
+    # (y, x) plane 16 x 24, (z, x) plane 8 x 24, (z, y) plane 8 x 16, 4 px apart
+    assert image.shape == (16, 24 + 4 + 24 + 4 + 16)
+    assert image[8, 12] == 255 and image[0, 0] == 0  # the block in the z slice
+    assert image[4, 28 + 12] == 255 and image[4, 56 + 8] == 255
+    assert image[12, 28 + 12] == 0  # below the (z, x) plane: padding
