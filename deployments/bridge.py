@@ -51,6 +51,7 @@ class Bridge:
         self._owner: dict[str, str] = {}  # descriptor / resource uid -> run uid
         self._seen: dict[str, set[str]] = {}  # open run uid -> document uids already handled
         self._ignored: set[str] = set()  # runs sent again after they were handled
+        self._unsent: dict[tuple[str, str], tuple[dict, dict]] = {}  # emissions that failed
         self._lock = threading.RLock()
         self.handled = self.skipped = 0
 
@@ -128,8 +129,10 @@ class Bridge:
         if name == "start":
             self._emit(uid, START, start_payload(doc))
         elif name == "stop":
-            self._emit(uid, STOP, stop_payload(doc))
-            self._close(uid)
+            try:
+                self._emit(uid, STOP, stop_payload(doc))
+            finally:
+                self._close(uid)  # the run is complete in the catalog even if the event waits
 
     def _open(self, uid: str, start: dict) -> None:
         self._starts[uid] = start
@@ -147,10 +150,26 @@ class Bridge:
             return False
         start = start or self._starts[uid]
         resource = run_resource(start, beamline=self.beamline, tomo_plans=self.tomo_plans)
-        self.emit(event, resource, payload)
+        try:
+            self.emit(event, resource, payload)
+        except Exception:
+            self._unsent[(uid, event)] = (payload, start)  # sent again by retry_unsent
+            raise
+        self._unsent.pop((uid, event), None)
         self.ledger.record(uid, event)
         log.info("emitted %s for %s", event, uid)
         return True
+
+    def retry_unsent(self) -> int:
+        """Emit again what the Prefect server could not take; returns how many went out."""
+        sent = 0
+        for (uid, event), (payload, start) in list(self._unsent.items()):
+            with self._lock:
+                try:
+                    sent += self._emit(uid, event, payload, start)
+                except Exception as exc:
+                    log.warning("event %s for %s still not sent: %s", event, uid, exc)
+        return sent
 
     # -- after a restart ---------------------------------------------------------------------
     def resume_open_runs(self, max_age_s: float = 86400.0) -> list[str]:
@@ -236,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kafka-topic", action="append", default=None)
     parser.add_argument("--lookback", type=float, default=86400.0,
                         help="seconds of catalog history to reconcile at start-up")
-    parser.add_argument("--reconcile-every", type=float, default=120.0,
-                        help="seconds between reconciliations while running (0: never)")
+    parser.add_argument("--retry-every", type=float, default=10.0,
+                        help="seconds between attempts to send events that failed")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
@@ -281,20 +300,16 @@ def main(argv: list[str] | None = None) -> int:
              "events)", getattr(subscriber, "address", "kafka"), len(resumed), len(leftover),
              len(emitted))
     ready_file.write_text(f"{os.getpid()} {time.time()}\n")
-    next_check = time.monotonic() + args.reconcile_every
+    next_check = time.monotonic() + args.retry_every
     while thread.is_alive() or not inbox.empty():
         try:
             bridge.handle(*inbox.get(timeout=0.5))
             spool.handled()
         except queue.Empty:
             pass
-        if args.reconcile_every > 0 and time.monotonic() > next_check and inbox.empty():
-            # events lost to a Prefect server that was down are sent again from here
-            try:
-                bridge.reconcile(catalog, min(args.lookback, 3600.0))
-            except Exception as exc:
-                log.warning("periodic reconciliation failed: %s", exc)
-            next_check = time.monotonic() + args.reconcile_every
+        if time.monotonic() > next_check:
+            bridge.retry_unsent()  # events a Prefect server that was down could not take
+            next_check = time.monotonic() + args.retry_every
     from deployments.events import PrefectEmitter
 
     PrefectEmitter.flush()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -14,10 +15,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.single_run import reconstruct_scan
+from tasks import catalog_writeback
 from tasks.recon_tasks import already_done, recon_params, record_state, run_output
 from tasks.run_tasks import find_runs, home_of, resolve_run
 from tomopipe.config import load_settings
 from tomopipe.errors import InputError, TomopipeError
+
+BUSY_S = 3600.0  # a run marked waiting/running more recently than this is left alone
 
 
 @task(name="reconstruct-run", cache_policy=NO_CACHE)
@@ -49,6 +53,7 @@ def backfill(plan: str | None = None, since: str | None = None, until: str | Non
     recon = recon_params(settings, params)
     matched = find_runs(str(h), plan=plan, since=since, until=until, sample=sample)
     rows, todo = [], []
+    results = catalog_writeback.read_all(h)
     for run in matched:
         uid = run["uid"]
         if not run["stop"]:
@@ -59,6 +64,12 @@ def backfill(plan: str | None = None, since: str | None = None, until: str | Non
                          "message": f"run ended {run['stop'].get('exit_status')}"})
             continue
         out, _ = run_output(settings, uid, recon)
+        busy = results.get(uid, {})
+        if busy.get("state") in ("waiting", "running") and \
+                time.time() - busy.get("updated", 0) < BUSY_S:
+            # a live flow (or another backfill) is on it: two writers on one volume lose data
+            rows.append({"uid": uid, "state": "skipped", "message": "in progress elsewhere"})
+            continue
         if already_done(out) and not force:
             rows.append({"uid": uid, "state": "skipped", "message": "done (same key)"})
             continue

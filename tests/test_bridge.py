@@ -247,3 +247,24 @@ def test_spool_keeps_what_was_received_but_not_handled(tmp_path):
     assert 2 <= len(pending) <= 3 and pending[-1] == (docs[2][0], docs[2][1])
     again.handled(again.backlog)
     assert Spool(tmp_path).pending() == []
+
+
+def test_events_the_server_refused_are_sent_later(tmp_path):
+    rec = Recorder()
+    down = {"now": True}
+
+    def emit(event, resource, payload):
+        if down["now"]:
+            raise ConnectionError("Prefect server unreachable")
+        rec.emit(event, resource, payload)
+
+    bridge = Bridge(rec, emit, Ledger(tmp_path / "l.sqlite"), Journal(tmp_path / "j"))
+    for name, doc in _docs():
+        bridge.handle(name, doc)
+    assert bridge.ledger.events_of("run-1") == set()
+    assert ("write", "stop", "run-1") in rec.calls  # the catalog still got everything
+    assert Journal(tmp_path / "j").open_runs() == []  # and the run is closed
+    down["now"] = False
+    assert bridge.retry_unsent() == 2
+    assert bridge.ledger.events_of("run-1") == {START, STOP}
+    assert bridge.retry_unsent() == 0

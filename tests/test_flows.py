@@ -70,6 +70,11 @@ def test_live_scan_is_reconstructed(e2_services):  # noqa: F811
     assert corr > 0.8, corr
     assert Path(row["details"]["preview"]).stat().st_size > 100
 
+    from tasks import runs
+
+    mirrored = dict(runs.catalog_for_home(home)[uid].metadata)["tomopipe"]  # linked to the run
+    assert mirrored["state"] == "completed" and mirrored["output"] == str(out)
+
     kinds = {a["type"] for a in artifacts_of(state, fr["id"])}
     assert {"progress", "table", "image", "markdown"} <= kinds, kinds
 

@@ -1,0 +1,224 @@
+"""The flow-run fork server (infra/zygote.py) and its client (infra/zygote_client.py).
+
+A real zygote process (with the real preload: Prefect, NumPy, Dask, our flows) serves real client
+processes over a Unix socket. Instead of prefect.engine the zygote runs a small probe module
+(TOMOPIPE_ZYGOTE_MODULE), which reports what it was given; the real engine through the zygote is
+measured end to end with the real services (see the report), as it needs a Prefect server.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+PROBE = '''
+import os, signal, sys, time
+print("STARTED", repr(time.time()), flush=True)
+print("PRELOADED", "prefect" in sys.modules and "numpy" in sys.modules)
+print("PID", os.getpid(), "PPID", os.getppid())
+mode = os.environ.get("PROBE_MODE", "report")
+if mode == "report":
+    print("ENV", os.environ.get("PROBE_VALUE"))
+    print("CWD", os.getcwd())
+    print("ARGV", sys.argv[1:])
+    print("STDIN", sys.stdin.readline().strip())
+    print("ERR", file=sys.stderr)
+    sys.exit(int(os.environ.get("PROBE_EXIT", "0")))
+if mode == "settings":
+    import logging
+    from prefect.settings import get_current_settings
+    print("API", get_current_settings().api.url)
+    print("LEVEL", logging.getLogger("prefect").getEffectiveLevel())
+if mode == "wait":
+    def on_term(signum, frame):
+        print("TERM", flush=True)
+        sys.exit(7)
+    signal.signal(signal.SIGTERM, on_term)
+    print("READY", flush=True)
+    time.sleep(60)
+    sys.exit(3)
+'''
+
+
+@pytest.fixture(scope="module")
+def probe_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("probe")
+    (d / "zyg_probe.py").write_text(PROBE)
+    return d
+
+
+def base_env(probe_dir: Path, sock: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env.update(PYTHONPATH=str(probe_dir), TOMOPIPE_ZYGOTE_MODULE="zyg_probe",
+               TOMOPIPE_ZYGOTE_SOCKET=str(sock), PYTHONUNBUFFERED="1")
+    return env
+
+
+@pytest.fixture(scope="module")
+def zygote(probe_dir, tmp_path_factory):
+    sock = tmp_path_factory.mktemp("zyg") / "z.sock"
+    proc = subprocess.Popen([sys.executable, "-m", "infra.zygote", str(sock)], cwd=REPO,
+                            env=base_env(probe_dir, sock), stdin=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180  # the preload takes seconds, more on a loaded machine
+    while not sock.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"zygote did not start: {proc.stderr.read()}")
+        time.sleep(0.05)
+    yield proc, sock
+    proc.terminate()
+    proc.wait(timeout=10)
+    assert not sock.exists(), "the zygote removes its socket when it stops"
+
+
+def client(probe_dir, sock, cwd, *args, **env) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "infra.zygote_client", *args], cwd=cwd,
+                            env={**base_env(probe_dir, sock), **env}, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def fields(stdout: str) -> dict[str, str]:
+    return {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in stdout.splitlines()
+            if " " in line}
+
+
+@pytest.mark.parametrize("exit_code", [0, 5])
+def test_env_cwd_argv_stdio_and_exit_code_are_carried(zygote, probe_dir, tmp_path, exit_code):
+    proc, sock = zygote
+    token = uuid.uuid4().hex
+    c = client(probe_dir, sock, tmp_path, "a1", "b 2", PROBE_VALUE=token, PROBE_EXIT=str(exit_code))
+    out, err = c.communicate("hello zygote\n", timeout=30)
+    got = fields(out)
+    assert c.returncode == exit_code, err
+    assert got["PID"].endswith(f"PPID {proc.pid}"), "the child is the zygote's, not a fallback"
+    assert got["PRELOADED"] == "True"
+    assert got["ENV"] == token
+    assert got["CWD"] == str(tmp_path)
+    assert got["ARGV"] == "['a1', 'b 2']"
+    assert got["STDIN"] == "hello zygote"
+    assert err.strip() == "ERR"
+
+
+def test_prefect_settings_follow_the_client_environment(zygote, probe_dir, tmp_path):
+    # The zygote imported Prefect without PREFECT_API_URL, and with the default logging level;
+    # the child must see the client's.
+    _, sock = zygote
+    api = f"http://127.0.0.1:9/api-{uuid.uuid4().hex[:8]}"
+    c = client(probe_dir, sock, tmp_path, PROBE_MODE="settings", PREFECT_API_URL=api,
+               PREFECT_LOGGING_LEVEL="ERROR")
+    out, err = c.communicate("", timeout=30)
+    assert c.returncode == 0, err
+    assert fields(out)["API"] == api
+    assert fields(out)["LEVEL"] == "40"
+
+
+def wait_ready(c: subprocess.Popen) -> dict[str, str]:
+    seen = {}
+    for line in c.stdout:
+        key, _, value = line.strip().partition(" ")
+        seen[key] = value
+        if key == "READY":
+            return seen
+    raise AssertionError(f"probe never got ready: {c.stderr.read()}")
+
+
+def child_pid(seen: dict[str, str]) -> int:
+    return int(seen["PID"].split()[0])
+
+
+def gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_sigterm_to_the_client_reaches_the_child(zygote, probe_dir, tmp_path):
+    _, sock = zygote
+    c = client(probe_dir, sock, tmp_path, PROBE_MODE="wait")
+    pid = child_pid(wait_ready(c))
+    assert pid != c.pid
+    c.send_signal(signal.SIGTERM)
+    out, _ = c.communicate(timeout=30)
+    assert "TERM" in out, "the child's own SIGTERM handler ran"
+    assert c.returncode == 7
+    assert gone(pid, 5)
+
+
+def test_a_killed_client_takes_its_child_along(zygote, probe_dir, tmp_path):
+    _, sock = zygote
+    c = client(probe_dir, sock, tmp_path, PROBE_MODE="wait")
+    pid = child_pid(wait_ready(c))
+    c.kill()  # SIGKILL cannot be forwarded; the child sees its client's connection close
+    c.wait(timeout=10)
+    assert gone(pid, 10)
+
+
+def test_a_child_killed_by_a_signal_kills_the_client_alike(zygote, probe_dir, tmp_path):
+    _, sock = zygote
+    c = client(probe_dir, sock, tmp_path, PROBE_MODE="wait")
+    os.kill(child_pid(wait_ready(c)), signal.SIGKILL)
+    c.wait(timeout=30)
+    assert c.returncode == -signal.SIGKILL
+
+
+def test_falls_back_to_running_the_engine_itself(probe_dir, tmp_path):
+    c = client(probe_dir, tmp_path / "no-zygote.sock", tmp_path, "x", PROBE_VALUE="v")
+    out, err = c.communicate("in\n", timeout=60)
+    got = fields(out)
+    assert c.returncode == 0, err
+    assert "starting python -m zyg_probe directly" in err
+    assert int(got["PID"].split()[0]) == c.pid, "the client exec'd the engine module"
+    assert (got["ENV"], got["ARGV"], got["STDIN"]) == ("v", "['x']", "in")
+
+
+def test_a_different_pythonpath_is_refused_and_falls_back(zygote, probe_dir, tmp_path):
+    proc, sock = zygote
+    c = client(probe_dir, sock, tmp_path, PYTHONPATH=f"{probe_dir}{os.pathsep}{tmp_path}")
+    out, err = c.communicate("", timeout=60)
+    assert c.returncode == 0, err
+    assert "refused" in err
+    assert not fields(out)["PID"].endswith(f"PPID {proc.pid}")
+
+
+def test_latency_and_no_zombies(zygote, probe_dir, tmp_path):
+    proc, sock = zygote
+    latencies = []
+    for _ in range(5):
+        t0 = time.time()
+        c = client(probe_dir, sock, tmp_path)
+        out, err = c.communicate("\n", timeout=30)
+        assert c.returncode == 0, err
+        latencies.append(float(fields(out)["STARTED"]) - t0)
+    median = statistics.median(latencies)
+    print(f"\nzygote: client start -> child running: median {median * 1000:.0f} ms "
+          f"(min {min(latencies) * 1000:.0f}, max {max(latencies) * 1000:.0f})")
+    # About 50 ms on an idle machine; a fresh `python -m prefect.engine` takes seconds.
+    assert median < 1.0
+    time.sleep(0.5)  # the zygote reaps within its select loop
+    zombies = [p for p in Path("/proc").glob("[0-9]*") if _ppid_state(p) == (proc.pid, "Z")]
+    assert not zombies
+
+
+def _ppid_state(proc_dir: Path) -> tuple[int, str] | None:
+    try:
+        stat = (proc_dir / "stat").read_text()
+    except OSError:
+        return None
+    fields_ = stat.rsplit(")", 1)[1].split()
+    return int(fields_[1]), fields_[0]
