@@ -6,7 +6,6 @@ reconstruct, publish, with the same tasks and the same parameters.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -48,12 +47,12 @@ def reconstruct_scan(spec: ScanSpec, *, home: str | None, source: str,
     out, _ = output_for(settings, spec, recon)
     workers, scheduler = default_compute(h, workers, scheduler)
     record_state(str(h), source, "running", plan_name=plan_name)
-    if force and out.exists():
-        shutil.rmtree(out)  # the engine skips a complete volume with the same key
     t0 = time.perf_counter()
     staged = stage(spec, str(h))
     t1 = time.perf_counter()
-    result = reconstruct_volume(staged, recon, str(out), workers=workers, scheduler=scheduler)
+    # force: recompute even a complete volume with the same key, swapped in atomically at the end
+    result = reconstruct_volume(staged, recon, str(out), workers=workers, scheduler=scheduler,
+                                overwrite=force)
     t2 = time.perf_counter()
     published = publish(str(h), source, plan_name, result, recon,
                         {"stage_s": t1 - t0, "reconstruct_task_s": t2 - t1})

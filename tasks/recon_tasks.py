@@ -71,7 +71,8 @@ def already_done(path: Path) -> bool:
 
 @task(name="reconstruct", **RETRY)
 def reconstruct_volume(spec: ScanSpec, params: ReconParams, out: str, *,
-                       workers: int | None = None, scheduler: str | None = None) -> dict:
+                       workers: int | None = None, scheduler: str | None = None,
+                       overwrite: bool = False) -> dict:
     """Reconstruct with the engine, its slab progress shown as a progress artifact."""
     from tasks.recon.engine import reconstruct
 
@@ -87,8 +88,10 @@ def reconstruct_volume(spec: ScanSpec, params: ReconParams, out: str, *,
                                  description=f"{done}/{total} slabs of {spec.label}")
 
     Path(out).parent.mkdir(parents=True, exist_ok=True)
+    staging = {k: spec.extra[k] for k in ("manifest", "transfer") if k in spec.extra}
     result = reconstruct(spec, params, out, workers=workers, scheduler=scheduler,
-                         progress=progress, extra_provenance={"run_uid": spec.identity})
+                         progress=progress, overwrite=overwrite,
+                         extra_provenance={"run_uid": spec.identity, **staging})
     update_progress_artifact(artifact, 100.0, description=f"done: {out}")
     return result.to_dict()
 

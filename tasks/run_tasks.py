@@ -152,10 +152,14 @@ def resolve_file(path: str, *, data_path: str | None = None) -> ScanSpec:
 def stage(spec: ScanSpec, home: str | None = None) -> ScanSpec:
     """Make the scan's files readable where it is reconstructed; returns the spec to use.
 
-    The seam for staging and transfer (manifest, checksums, Globus): for now the files are read
-    in place, so this checks that each one is there (and, for a run, under the data roots).
+    Every file a run references is resolved under the data roots, listed in a manifest with its
+    size and checksum, and moved to the configured destination (local copy or Globus) and
+    verified there; with no destination configured the files are read in place. The manifest
+    (and the transfer's summary) ride in ``spec.extra`` into the volume's provenance.
     """
     from tasks.paths import resolve_data_path
+    from tasks.transfer.prefect_tasks import move_scan_data
+    from tasks.transfer.sites import load_transfer_config
 
     settings = load_settings(home_of(home))
     from_run = spec.extra.get("source") == "bluesky"
@@ -165,4 +169,5 @@ def stage(spec: ScanSpec, home: str | None = None) -> ScanSpec:
             path = resolve_data_path(fs.path, settings.data_roots, source=spec.label)
         if not path.is_file():
             raise InputError(spec.label, "referenced file does not exist", where=fs.path)
-    return spec
+    return move_scan_data.fn(spec, data_roots=settings.data_roots if from_run else None,
+                             cfg=load_transfer_config(settings))

@@ -28,15 +28,14 @@ COMMANDS = {
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tomopipe",
-        description="Tomography reconstruction from Bluesky runs and HDF5 files to OME-Zarr volumes.",
+        description="Tomography reconstruction from Bluesky runs and HDF5 files to OME-Zarr "
+        "volumes.",
     )
     parser.add_argument("--version", action="version", version=f"tomopipe {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    seen = set()
-    for name, module in COMMANDS.items():
-        if module in seen or (only and COMMANDS.get(only) != module):
+    for module in dict.fromkeys(COMMANDS.values()):  # each module once, in order
+        if only and COMMANDS[only] != module:
             continue
-        seen.add(module)
         try:
             mod = importlib.import_module(f"tomopipe.commands.{module}")
         except ModuleNotFoundError as exc:

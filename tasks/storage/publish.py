@@ -94,7 +94,7 @@ def begin(out: str | Path, key: str, *, overwrite: bool = False) -> Publication:
     out = Path(out)
     partial = partial_path(out)
     if out.exists():
-        if is_complete(out) and read_provenance(out).get("key") == key:
+        if not overwrite and is_complete(out) and read_provenance(out).get("key") == key:
             return Publication(out, partial, key, "skip", existing=read_provenance(out))
         if not overwrite:
             try:

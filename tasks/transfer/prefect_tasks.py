@@ -18,6 +18,7 @@ Only small things (paths, manifests, reports) cross these tasks; file bytes neve
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -129,7 +130,7 @@ def move_scan_data(spec: ScanSpec, data_roots: list | None = None,
         manifest.save(manifest_path)
     dest = run_destination(cfg, manifest.run_uid)
     if dest is None:
-        return spec
+        return _with_manifest(spec, manifest)
     ensure_transfer_limits(cfg.transfer)
     with transfer_slot(manifest.total_bytes, cfg.transfer):
         report = move_run(manifest, cfg, dest=dest, ledger=_ledger(ledger))
@@ -139,4 +140,9 @@ def move_scan_data(spec: ScanSpec, data_roots: list | None = None,
     summary = {"mover": report.mover, "task_id": report.task_id,
                "destination": report.destination, "files": len(report.files),
                "bytes_moved": report.bytes_moved}
-    return relocate_spec(spec, manifest, dest, transfer=summary)
+    return _with_manifest(relocate_spec(spec, manifest, dest, transfer=summary), manifest)
+
+
+def _with_manifest(spec: ScanSpec, manifest: Manifest) -> ScanSpec:
+    """The spec carrying its manifest, which the engine keeps in the volume's provenance."""
+    return dataclasses.replace(spec, extra={**spec.extra, "manifest": manifest.to_dict()})
