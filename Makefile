@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= dev,globus,kafka
+EXTRAS ?= dev,globus,kafka,hpc
 STAMP  := $(VENV)/.installed-$(EXTRAS)
 
 # Some environments set PYTHONDONTWRITEBYTECODE=1: every process (Prefect server, worker, each
@@ -18,6 +18,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip --version > /dev/null 2>&1 || $(BIN)/python -m ensurepip -q
 	@if $(BIN)/python -m pip install -q --upgrade uv; then \
 	  $(BIN)/uv pip install --python $(BIN)/python -e '.[$(EXTRAS)]'; \
 	else \

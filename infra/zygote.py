@@ -7,7 +7,9 @@ working directory, argv and stdin/stdout/stderr and runs what ``python -m prefec
 The server sends the client the child's pid, reaps the child, and sends its exit code.
 
 Fork safety: the server starts no threads, event loops or API clients (it checks that it has no
-thread before it serves), so a child gets a consistent copy of a single-threaded process. State
+Python thread before it serves), so a child gets a consistent copy of a single-threaded process.
+The native thread pools that NumPy's and SciPy's OpenBLAS start at import are fork-aware (they
+stop and restart around fork with pthread_atfork). State
 that a fresh process derives from its environment at import time (Prefect's settings and logging
 configuration, Dask's config, NumPy's global random seed) is rebuilt in the child from the
 client's environment. A request whose Python (sys.prefix) or PYTHONPATH differs from the
@@ -32,12 +34,18 @@ import warnings
 
 from infra.zygote_client import ENGINE_MODULE, HEADER, REPLY
 
-# What `python -m prefect.engine` imports to run one of our flows (measured; see the tests).
+# What `python -m prefect.engine` imports before a run of ours turns RUNNING, then what our tasks
+# import lazily (measured by listing a child's new sys.modules at its exit). Not tiled.client:
+# it brings pyarrow, whose jemalloc starts a background thread at import.
 PRELOAD = (
     "prefect", "prefect.engine", "prefect.flow_engine", "prefect.client.orchestration",
     "prefect.deployments.steps", "prefect.results", "prefect.task_engine",
     "numpy", "h5py", "zarr", "dask.distributed",
-    "tasks.recon.engine", "flows.live", "flows.single_run", "flows.backfill", "flows.retention",
+    "flows.live", "flows.single_run", "flows.backfill", "flows.retention",
+    "tasks.recon.engine", "tasks.recon.backends", "tasks.recon.slab", "tasks.preprocess.center",
+    "tasks.preprocess.normalize", "tasks.preprocess.stripes", "tasks.preprocess.zingers",
+    "tasks.preview", "tasks.sources.bluesky_run", "tasks.staging.scan", "tasks.transfer.movers",
+    "infra.cluster",
 )
 MAX_REQUEST = 16 << 20
 ORPHAN_GRACE_S = 10.0  # SIGTERM, then SIGKILL, for a child whose client vanished

@@ -160,9 +160,11 @@ def test_register_all_updates_and_removes_stale(e2_services):  # noqa: F811
     home, state = e2_services
     api = state["prefect_api"]
     live = httpx.get(f"{api}/deployments/name/live-run/live", timeout=30).json()
-    stale = httpx.post(f"{api}/deployments/", timeout=30, json={
+    made = httpx.post(f"{api}/deployments/", timeout=30, json={
         "name": "stale", "flow_id": live["flow_id"], "work_pool_name": "tomopipe",
-        "entrypoint": "flows/live.py:live_run"}).json()
+        "entrypoint": "flows/live.py:live_run"})
+    assert made.is_success, made.text
+    stale = made.json()
     httpx.post(f"{api}/automations/", timeout=30, json={
         "name": "stale-trigger", "trigger": {"type": "event", "expect": ["never.happens"],
                                              "posture": "Reactive", "threshold": 1},

@@ -37,6 +37,7 @@ class Settings:
     sites: dict = field(default_factory=dict)  # parsed by tasks.transfer.sites
     transfer: dict = field(default_factory=dict)
     retention: dict = field(default_factory=dict)
+    cluster: dict = field(default_factory=dict)  # parsed by infra.cluster
 
     @property
     def config_file(self) -> Path:
@@ -44,7 +45,7 @@ class Settings:
 
 
 _KNOWN = {"data_roots", "output_root", "tomo_plans", "beamline", "recon", "sites", "transfer",
-          "retention"}
+          "retention", "cluster"}
 
 
 def load_settings(home_dir: Path | None = None) -> Settings:
@@ -69,9 +70,16 @@ def load_settings(home_dir: Path | None = None) -> Settings:
     plans = raw.get("tomo_plans", list(DEFAULT_TOMO_PLANS))
     if not isinstance(plans, list) or not all(isinstance(p, str) for p in plans):
         raise ConfigError(f"{cfg_path}: tomo_plans must be a list of plan names")
-    for section in ("recon", "sites", "transfer", "retention"):
+    for section in ("recon", "sites", "transfer", "retention", "cluster"):
         if not isinstance(raw.get(section, {}), dict):
             raise ConfigError(f"{cfg_path}: {section} must be a mapping")
+    if raw.get("cluster"):
+        from infra.cluster import parse_cluster_config  # no cluster is started
+
+        try:
+            parse_cluster_config(raw["cluster"])
+        except ConfigError as exc:
+            raise ConfigError(f"{cfg_path}: {exc}") from exc
     return Settings(
         home=root,
         data_roots=[Path(r).expanduser().resolve() for r in roots],
@@ -82,4 +90,5 @@ def load_settings(home_dir: Path | None = None) -> Settings:
         sites=raw.get("sites", {}),
         transfer=raw.get("transfer", {}),
         retention=raw.get("retention", {}),
+        cluster=raw.get("cluster", {}),
     )

@@ -1,0 +1,1 @@
+"""Production deployment: compose file, image, example facility config, and the bootstrap."""

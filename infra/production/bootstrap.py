@@ -1,0 +1,135 @@
+"""Point a tomopipe home at a facility's services, then register the deployments.
+
+At a facility the services run as containers (or are the facility's own), not as processes that
+``tomopipe up`` starts. Every part of tomopipe finds the services of its home through
+``$TOMOPIPE_HOME/services.json`` (infra.state), so this one-shot writes that file from the
+environment, waits for the Prefect API, and registers prefect.yaml's deployments and their
+triggers (deployments.register.register_all). Run it as ``python -m infra.production.bootstrap``
+(the compose file's ``bootstrap`` service does, before the worker and the bridge start).
+
+Environment (required: PREFECT_API_URL and TOMOPIPE_TILED_URL):
+
+- PREFECT_API_URL            http://prefect-server:4200/api
+- TOMOPIPE_PREFECT_UI        the UI address people open (default: the API's host, no /api)
+- TOMOPIPE_WORK_POOL         the work pool of the deployments (default: tomopipe)
+- TOMOPIPE_TILED_URL         http://tiled:8000
+- TOMOPIPE_TILED_API_KEY     the catalog's API key (default: TILED_SINGLE_USER_API_KEY)
+- TOMOPIPE_ZMQ_IN / _OUT     tcp://zmq-proxy:5577 / tcp://zmq-proxy:5578 (omit with Kafka)
+- TOMOPIPE_ZMQ_SERIALIZER    msgpack (default; pickle only on loopback) or json
+- TOMOPIPE_DASK_SCHEDULER    a long-lived scheduler flows use by default (optional; the
+                             ``cluster:`` section of config.yaml is the usual way)
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from tomopipe.errors import ConfigError, ServiceError, TomopipeError
+
+SERIALIZERS = ("msgpack", "json", "pickle")
+_HTTP = re.compile(r"^https?://[^\s/]+(/\S*)?$")
+_TCP = re.compile(r"^tcp://[^\s:/]+:\d{1,5}$")
+
+
+def _url(env: Mapping[str, str], name: str, pattern: re.Pattern, example: str,
+         required: bool = True) -> str | None:
+    value = (env.get(name) or "").strip()
+    if not value:
+        if required:
+            raise ConfigError(f"{name}: required (e.g. {example})")
+        return None
+    if not pattern.match(value):
+        raise ConfigError(f"{name}: expected an address such as {example}, got {value!r}")
+    return value.rstrip("/")
+
+
+def state_from_env(env: Mapping[str, str], settings) -> dict:
+    """The services.json of a production home, from environment variables (see the docstring)."""
+    api = _url(env, "PREFECT_API_URL", _HTTP, "http://prefect-server:4200/api")
+    ui = _url(env, "TOMOPIPE_PREFECT_UI", _HTTP, "https://prefect.facility.org",
+              required=False) or api.removesuffix("/api")
+    tiled = _url(env, "TOMOPIPE_TILED_URL", _HTTP, "http://tiled:8000")
+    zmq_in = _url(env, "TOMOPIPE_ZMQ_IN", _TCP, "tcp://zmq-proxy:5577", required=False)
+    zmq_out = _url(env, "TOMOPIPE_ZMQ_OUT", _TCP, "tcp://zmq-proxy:5578", required=False)
+    serializer = env.get("TOMOPIPE_ZMQ_SERIALIZER") or "msgpack"
+    if serializer not in SERIALIZERS:
+        raise ConfigError(f"TOMOPIPE_ZMQ_SERIALIZER: must be one of {list(SERIALIZERS)}, "
+                          f"got {serializer!r}")
+    state = {
+        "prefect_api": api, "prefect_ui": ui,
+        "work_pool": env.get("TOMOPIPE_WORK_POOL") or "tomopipe",
+        "tiled": tiled,
+        "tiled_api_key": env.get("TOMOPIPE_TILED_API_KEY")
+        or env.get("TILED_SINGLE_USER_API_KEY") or None,
+        "zmq_in": zmq_in, "zmq_out": zmq_out, "zmq_serializer": serializer,
+        "home": str(settings.home),
+        "data_root": str(settings.data_roots[0]),
+        "data_roots": [str(r) for r in settings.data_roots],
+        "output_root": str(settings.output_root),
+        "project_root": str(Path(__file__).resolve().parents[2]),
+        "managed_by": "infra.production.bootstrap",  # not `tomopipe up`: no pids to stop
+    }
+    scheduler = _url(env, "TOMOPIPE_DASK_SCHEDULER", _TCP, "tcp://dask-scheduler:8786",
+                     required=False)
+    if scheduler:
+        state["dask_scheduler"] = scheduler
+    return state
+
+
+def wait_for_prefect(api: str, timeout_s: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            resp = httpx.get(f"{api}/health", timeout=5.0)
+            if resp.is_success:
+                return
+            last = f"HTTP {resp.status_code}"
+        except httpx.HTTPError as exc:
+            last = str(exc) or type(exc).__name__
+        time.sleep(1.0)
+    raise ServiceError(f"Prefect API {api}: not healthy after {timeout_s:.0f} s ({last})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import os
+
+    parser = argparse.ArgumentParser(prog="python -m infra.production.bootstrap",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--home", type=Path, default=None, help="TOMOPIPE_HOME to write")
+    parser.add_argument("--no-register", action="store_true",
+                        help="write services.json only; do not register deployments")
+    parser.add_argument("--wait-s", type=float, default=300.0,
+                        help="seconds to wait for the Prefect API before giving up")
+    args = parser.parse_args(argv)
+
+    from infra.state import write_services
+    from tomopipe.config import load_settings
+
+    try:
+        settings = load_settings(args.home)
+        state = state_from_env(os.environ, settings)
+        settings.home.mkdir(parents=True, exist_ok=True)
+        write_services(settings.home, state)
+        print(f"wrote {settings.home / 'services.json'}")
+        if not args.no_register:
+            from deployments.register import register_all
+
+            wait_for_prefect(state["prefect_api"], args.wait_s)
+            registered = register_all(settings, state)
+            print(f"registered {len(registered)} deployment(s): {', '.join(sorted(registered))}")
+    except TomopipeError as exc:
+        print(f"bootstrap: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
