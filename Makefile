@@ -18,7 +18,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip --version > /dev/null 2>&1 || $(BIN)/python -m ensurepip -q
+	@$(BIN)/python -m pip --version > /dev/null 2>&1 || $(BIN)/python -m ensurepip > /dev/null
 	@if $(BIN)/python -m pip install -q --upgrade uv; then \
 	  $(BIN)/uv pip install --python $(BIN)/python -e '.[$(EXTRAS)]'; \
 	else \
