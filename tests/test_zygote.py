@@ -222,3 +222,24 @@ def _ppid_state(proc_dir: Path) -> tuple[int, str] | None:
         return None
     fields_ = stat.rsplit(")", 1)[1].split()
     return int(fields_[1]), fields_[0]
+
+
+def test_the_zygote_stops_with_the_process_that_started_it(probe_dir, tmp_path):
+    # The worker starts the zygote; should the worker die, the zygote must not linger.
+    sock = tmp_path / "z.sock"
+    starter = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys, time; p = subprocess.Popen([sys.executable,"
+         f" '-m', 'infra.zygote', {str(sock)!r}]); print(p.pid, flush=True); time.sleep(600)"],
+        cwd=REPO, env=base_env(probe_dir, sock), stdout=subprocess.PIPE, text=True)
+    zygote_pid = int(starter.stdout.readline())
+    deadline = time.monotonic() + 180
+    while not sock.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sock.exists()
+    starter.kill()
+    starter.wait()
+    deadline = time.monotonic() + 10
+    while (state := _ppid_state(Path(f"/proc/{zygote_pid}"))) and state[1] != "Z":
+        assert time.monotonic() < deadline, "the zygote outlived its parent"
+        time.sleep(0.05)  # (a zombie is done: its new parent reaps it)
+    assert not sock.exists()
