@@ -11,7 +11,6 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 TOMOPIPE = [sys.executable, "-m", "tomopipe.cli"]
 
@@ -60,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     if run["state"] != "completed":
         raise SystemExit(f"demo: the live flow failed: {run.get('message')}")
     volume = run["output"]
-    preview = run.get("preview") or str(Path(volume).with_suffix(".png"))
+    preview = run.get("preview") or f"{volume}.preview.png"  # tasks.preview's naming
     print(f"volume:     {volume}")
     print(f"prefect ui: {status['prefect_ui']}")
     print(f"preview:    {preview}")

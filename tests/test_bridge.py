@@ -216,7 +216,13 @@ def test_bridge_killed_mid_run_reconstructs_once(e2_services, session_processes)
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     session_processes.append(proc)
-    state.setdefault("pids", {})["bridge"] = proc.pid  # later tests check this one
+    # record it as `tomopipe up` would, so `status` and later tests see a healthy home
+    from infra.processes import start_time
+    from infra.services import write_services
+
+    state.setdefault("pids", {})["bridge"] = proc.pid
+    state.setdefault("started", {})["bridge"] = start_time(proc.pid)
+    write_services(Path(home), state)
     wait_for(ready.exists, 120, what="the restarted bridge")
     publish(state["zmq_in"], docs[cut:])
     fr = final_run(state, LIVE, uid, 240)

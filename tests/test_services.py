@@ -178,7 +178,7 @@ def test_prefect_server_and_worker_answer(services):
     env = psutil.Process(services["pids"]["worker"]).environ()
     assert env["PREFECT_API_URL"] == api
     assert env["TOMOPIPE_HOME"] == services["home"]
-    assert env["PREFECT_WORKER_QUERY_SECONDS"] == "1"
+    assert env["PREFECT_WORKER_QUERY_SECONDS"] == svc.WORKER_ENV["PREFECT_WORKER_QUERY_SECONDS"]
 
 
 def test_zmq_proxy_round_trip(services):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -43,21 +42,25 @@ def parameters(args: argparse.Namespace, home: Path) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     from tasks.runs import services_of
     from tomopipe.config import home as default_home
 
     home = default_home()
     state = services_of(home)
-    os.environ["PREFECT_API_URL"] = state["prefect_api"]
     params = parameters(args, home)
-    if args.local:
-        from flows.backfill import backfill
+    # Settings, not os.environ: Prefect may have read its settings already in this process
+    # (then a changed variable is ignored and runs go to a throw-away ephemeral server).
+    with temporary_settings(updates={PREFECT_API_URL: state["prefect_api"]}):
+        if args.local:
+            from flows.backfill import backfill
 
-        summary = backfill(**params)
-    else:
-        summary = _via_deployment(home, params, args)
-        if summary is None:
-            return 0
+            summary = backfill(**params)
+        else:
+            summary = _via_deployment(home, params, args)
+    if summary is None:
+        return 0
     if args.json:
         print(json.dumps(summary))
     else:
@@ -68,11 +71,12 @@ def run(args: argparse.Namespace) -> int:
 def _via_deployment(home: Path, params: dict, args) -> dict | None:
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL
 
     try:
         flow_run = run_deployment(DEPLOYMENT, parameters=params, timeout=0)
     except ObjectNotFound as exc:
-        raise ServiceError(f"no {DEPLOYMENT} deployment on {os.environ['PREFECT_API_URL']}: "
+        raise ServiceError(f"no {DEPLOYMENT} deployment on {PREFECT_API_URL.value()}: "
                            "register it with `tomopipe up` (or use --local)") from exc
     if args.no_wait:
         print(json.dumps({"flow_run_id": str(flow_run.id)}) if args.json
