@@ -1,5 +1,5 @@
 """Back pressure, the Prefect transfer tasks and the retention flow against a real (temporary)
-Prefect API (prefect_test_harness, one per session: it takes about 10 s to start)."""
+Prefect API (prefect_test_harness, one for this module: it takes about 10 s to start)."""
 
 import os
 import threading
@@ -13,7 +13,7 @@ from tasks.staging.manifest import build_manifest
 pytestmark = pytest.mark.timeout(180)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def prefect_api(tmp_path_factory):
     from prefect.testing.utilities import prefect_test_harness
 
