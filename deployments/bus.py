@@ -82,11 +82,8 @@ class ZmqSubscriber:
         self._stop.set()
 
     def close(self) -> None:
-        """Release the Kafka consumer (it connects in the background from construction)."""
+        """The socket is closed by ``run`` itself once stopped."""
         self.stop()
-        consumer = getattr(self._dispatcher, "_bluesky_consumer", None)
-        if consumer is not None:
-            consumer.close()
 
 
 class KafkaSubscriber:

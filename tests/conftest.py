@@ -83,6 +83,16 @@ def services(services_home):
         tomopipe_cli("down", home=services_home, timeout=60)
 
 
+def peer_array(name: str):
+    """One of TomoPy's peer arrays (``proj``, ``sinogram``, ...); skips when the data is absent."""
+    import numpy as np
+
+    path = PEER_DATA / f"{name}.npy"
+    if not path.exists():
+        pytest.skip(f"TomoPy peer data not found at {path}")
+    return np.load(path)
+
+
 @pytest.fixture(scope="session")
 def peer_data() -> Path:
     """TomoPy's peer data (README.md there says what each file holds)."""

@@ -6,10 +6,10 @@ with a known axis position (tasks.phantom.phantom_projections(center=c)).
 """
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import peer_array as peer  # TomoPy's reference arrays, by name
 from scipy import ndimage
 
 from tasks.phantom import phantom_projections
@@ -20,15 +20,6 @@ from tasks.preprocess.center import (
     find_center_vo,
 )
 from tomopipe.errors import InputError
-
-PEER = Path(__file__).parents[1].parent / "shared/peer-data/tomopy"
-
-
-def peer(name: str) -> np.ndarray:
-    path = PEER / f"{name}.npy"
-    if not path.exists():
-        pytest.skip(f"TomoPy peer data not found at {path}")
-    return np.load(path)
 
 
 def band(n, n_rows, degrees, center, noise=0.01, seed=0):

@@ -4,10 +4,10 @@ References: TomoPy's peer data (normalize.npy, remove_stripe_fw.npy) and analyti
 projections from tasks.phantom with injected defects.
 """
 
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import peer_array as peer  # TomoPy's reference arrays, by name
 from scipy import ndimage
 
 from tasks.phantom import phantom_projections
@@ -15,16 +15,6 @@ from tasks.preprocess.normalize import minus_log, normalize
 from tasks.preprocess.stripes import remove_stripe_fw, remove_stripe_sort, remove_stripes
 from tasks.preprocess.zingers import find_zingers, remove_zingers
 from tomopipe.errors import InputError
-
-PEER = Path(__file__).parents[1].parent / "shared/peer-data/tomopy"
-
-
-def peer(name: str) -> np.ndarray:
-    path = PEER / f"{name}.npy"
-    if not path.exists():
-        pytest.skip(f"TomoPy peer data not found at {path}")
-    return np.load(path)
-
 
 # ------------------------------------------------------------------------- normalisation
 

@@ -4,10 +4,10 @@ GPU backends cannot run on this machine: their tests are marked `gpu` and skippe
 the TomoPy backend's tests are skipped where `import tomopy` fails (it is a conda package).
 """
 
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import PEER_DATA
 from scipy import ndimage
 
 from tasks.phantom import (
@@ -26,7 +26,7 @@ from tasks.recon.fourier import angle_weights
 from tasks.recon.gpu_fourier import gpu_present
 from tomopipe.errors import ConfigError, InputError
 
-PEER = Path(__file__).parents[1].parent / "shared/peer-data/tomopy"
+PEER = PEER_DATA
 CPU_BACKENDS = ("fourier", "astra")
 needs_peer = pytest.mark.skipif(not (PEER / "proj.npy").exists(), reason="TomoPy peer data absent")
 needs_gpu = pytest.mark.skipif(not gpu_present(), reason="needs a CUDA GPU (cupy + cufinufft)")

@@ -10,11 +10,11 @@ import hashlib
 import multiprocessing as mp
 import os
 import shutil
-from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from conftest import PEER_DATA
 
 from infra.datasets import make_phantom_scan, write_dxchange, write_nexus
 from tasks.sources import open_scan
@@ -254,7 +254,7 @@ def test_explicit_paths_for_a_custom_layout(tmp_path, scan):
 def test_tomopy_peer_data_through_nexus_matches_tomopy_normalize(tmp_path):
     """TomoPy's test scan (int32 counts, angles in radians) written as NXtomo and read back:
     normalising the slab gives TomoPy's own normalize() result."""
-    peer = Path(__file__).parents[1].parent / "shared/peer-data/tomopy"
+    peer = PEER_DATA
     if not peer.is_dir():
         pytest.skip(f"TomoPy peer data not found at {peer}")
     names = ("tomo", "flat", "dark", "angle")
