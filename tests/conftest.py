@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -37,6 +38,10 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
+    # An ephemeral Prefect server started by an in-process flow stops at interpreter exit, after
+    # pytest has closed the stream Prefect's log handler writes to; its last "Stopping temporary
+    # server" line would then print a logging traceback under the test summary.
+    logging.getLogger("prefect").disabled = True
     if _SESSION_DIR is not None and not os.environ.get("TOMOPIPE_KEEP_TEST_HOME"):
         shutil.rmtree(_SESSION_DIR, ignore_errors=True)
 
@@ -99,3 +104,4 @@ def peer_data() -> Path:
     if not PEER_DATA.is_dir():
         pytest.skip(f"TomoPy peer data not found at {PEER_DATA}")
     return PEER_DATA
+
