@@ -13,7 +13,6 @@ from prefect import flow, get_run_logger
 from prefect.states import Failed
 
 from tasks.recon_tasks import (
-    already_done,
     output_for,
     publish,
     recon_params,
@@ -88,4 +87,4 @@ def single_run(uid: str | None = None, path: str | None = None, data_path: str |
         return fail(home, source, plan_name, exc)
 
 
-__all__ = ["single_run", "reconstruct_scan", "already_done"]
+__all__ = ["single_run", "reconstruct_scan"]
