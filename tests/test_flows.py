@@ -208,3 +208,45 @@ def test_preview_shows_three_middle_slices(tmp_path):
     assert image[8, 12] == 255 and image[0, 0] == 0  # the block in the z slice
     assert image[4, 28 + 12] == 255 and image[4, 56 + 8] == 255
     assert image[12, 28 + 12] == 0  # below the (z, x) plane: padding
+
+
+def test_run_referencing_a_file_outside_the_data_roots_fails_naming_it(e2_services, tmp_path):  # noqa: F811
+    """A StreamResource pointing outside the data roots is refused before anything is read or
+    moved; the live flow fails, and `tomopipe runs --json` shows the path and the roots."""
+    import copy
+    import shutil
+    import uuid
+
+    from infra.simulator.run import simulate
+    from tomopipe.config import load_settings
+
+    home, state = e2_services
+    docs: list = []
+    simulate(load_settings(home), size=SIZE, rows=ROWS, angles=ANGLES, fps=None,
+             sample="escape-test", publish_to=None, callbacks=[_appender(docs)])
+    # the same run under a new uid, its projections file copied outside every data root
+    uid = str(uuid.uuid4())
+    outside = tmp_path / "elsewhere" / "cam_projection.h5"
+    outside.parent.mkdir()
+    rewritten = []
+    for name, doc in docs:
+        doc = copy.deepcopy(dict(doc))
+        if name == "start":
+            doc["uid"] = uid
+        elif "run_start" in doc:
+            doc["run_start"] = uid
+        if name == "stream_resource" and doc["uri"].endswith("cam_projection.h5"):
+            shutil.copy(doc["uri"].removeprefix("file://"), outside)
+            doc["uri"] = outside.as_uri()
+        rewritten.append((name, doc))
+    publish(state["zmq_in"], rewritten)
+
+    fr = final_run(state, LIVE, uid, 240)
+    assert fr["state_type"] == "FAILED"
+    message = fr["state"]["message"]
+    roots = [str(r) for r in load_settings(home).data_roots]
+    assert str(outside) in message and all(r in message for r in roots), message
+    listed = {r["uid"]: r for r in _cli_json("runs", "--json")}
+    assert listed[uid]["state"] == "failed" and listed[uid]["output"] is None
+    assert str(outside) in listed[uid]["message"]
+    assert not (load_settings(home).output_root / uid).exists()
