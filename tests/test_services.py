@@ -259,8 +259,10 @@ def test_second_up_changes_nothing(services, services_home):
 
 
 def test_two_homes_side_by_side_then_down_stops_every_process(services, services_home,
-                                                               tmp_path):
+                                                               tmp_path, request):
     other = tmp_path / "other-home"
+    # whatever fails below, the second home's processes must not outlive the test
+    request.addfinalizer(lambda: tomopipe_cli("down", home=other, timeout=60))
     t0 = time.monotonic()
     prefect_port = processes.free_port()  # a configured port is used as given
     proc = tomopipe_cli("up", "--no-deployments", "--timeout=240",
