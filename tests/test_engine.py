@@ -174,11 +174,16 @@ def test_auto_center_and_rows(scan, tmp_path):
         reconstruct(spec, ReconParams(center=500.0), tmp_path / "w.zarr", workers=0)
 
 
-def test_slab_pipeline_units(scan):
+@pytest.fixture
+def slab(scan):
+    """Two rows of the scan as read by a worker, their angles, and the Fourier backend."""
     spec, _ = scan
     proj, flats, darks = read_slab(spec, (8, 10))
-    angles = np.deg2rad(spec.angles_deg)
-    backend = get_backend("fourier")
+    return proj, flats, darks, np.deg2rad(spec.angles_deg), get_backend("fourier")
+
+
+def test_slab_pipeline_units(slab):
+    proj, flats, darks, angles, backend = slab
     per_pixel = reconstruct_slab(proj, flats, darks, angles, CENTER, ReconParams(), backend=backend)
     per_cm = reconstruct_slab(proj, flats, darks, angles, CENTER, ReconParams(), backend=backend,
                               pixel_size_um=2.0)
@@ -232,11 +237,8 @@ def test_local_cluster_from_infra(monkeypatch):
         assert info["nthreads"] == 1
 
 
-def test_slab_pipeline_removes_zingers_when_asked(scan):
-    spec, _ = scan
-    proj, flats, darks = read_slab(spec, (8, 10))
-    angles = np.deg2rad(spec.angles_deg)
-    backend = get_backend("fourier")
+def test_slab_pipeline_removes_zingers_when_asked(slab):
+    proj, flats, darks, angles, backend = slab
     clean = reconstruct_slab(proj, flats, darks, angles, CENTER, ReconParams(), backend=backend)
     hit = proj.copy()
     hit[5, 1, 20] = 60000  # a zinger: one saturated pixel in one projection

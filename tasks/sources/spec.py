@@ -33,7 +33,7 @@ class ScanSpec:
     n_rows: int
     n_cols: int
     dtype: str
-    identity: str | None = None  # run uid or file checksum ("sha256:...")
+    identity: str | None = None  # run uid or file checksum ("blake3:...")
     pixel_size_um: float | None = None
     extra: dict = field(default_factory=dict, hash=False, compare=False)
 
