@@ -8,8 +8,9 @@ EXTRAS ?= dev,globus,kafka,hpc
 STAMP  := $(VENV)/.installed-$(EXTRAS)
 
 # Some environments set PYTHONDONTWRITEBYTECODE=1: every process (Prefect server, worker, each
-# flow run) then compiles every imported module from source, which made `tomopipe up` take
-# ~130 s instead of ~28 s on 2 cores. Let Python cache its bytecode, and precompile at install.
+# flow run) then compiles every imported module from source; on a busy 2-core machine that made
+# `tomopipe up` take ~130 s (18 s on a fresh home with cached bytecode, idle). Let Python cache
+# its bytecode, and precompile at install.
 unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: install test demo lint bench clean down
