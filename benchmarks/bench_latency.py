@@ -60,6 +60,7 @@ def measure(home: Path, state: dict, *, size: int, rows: int, angles: int, fps: 
     published = float(row["updated"])
     emitted = _ledger_times(home, uid)
     tasks = _task_spans(state["prefect_api"], fr["id"])
+    states = _state_times(state["prefect_api"], fr["id"])
     t0, t1 = start["time"], stop["time"]
     return {
         "uid": uid, "size": size, "rows": rows, "angles": angles,
@@ -72,6 +73,7 @@ def measure(home: Path, state: dict, *, size: int, rows: int, angles: int, fps: 
         # where the start latency goes: bridge (write + emit), automation, worker + process
         "start_event_emitted_s": round(emitted.get("bluesky.run.start", t0) - t0, 3),
         "flow_run_created_s": round(_ts(fr["created"]) - t0, 3),
+        **{f"state_{name.lower()}_s": round(at - t0, 3) for name, at in states.items()},
         # after the stop document: the bridge's stop write, then each task of the flow
         "stop_event_emitted_s": round(emitted.get("bluesky.run.stop", t1) - t1, 3),
         **{f"task_{name}_ends_after_stop_s": round(end - t1, 3) for name, end in tasks.items()},
@@ -86,6 +88,16 @@ def _ledger_times(home: Path, uid: str) -> dict:
         return dict(db.execute("SELECT event, at FROM emitted WHERE uid = ?", (uid,)))
     finally:
         db.close()
+
+
+def _state_times(api: str, flow_run_id: str) -> dict:
+    """When the flow run first entered each state (SCHEDULED, PENDING, RUNNING, ...)."""
+    states = httpx.get(f"{api}/flow_run_states/", params={"flow_run_id": flow_run_id},
+                       timeout=10).json()
+    first: dict = {}
+    for st in sorted(states, key=lambda st: st["timestamp"]):
+        first.setdefault(st["type"], _ts(st["timestamp"]))
+    return first
 
 
 def _task_spans(api: str, flow_run_id: str) -> dict:

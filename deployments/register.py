@@ -63,9 +63,21 @@ async def _delete_orphan_automations(client) -> list[str]:
     return deleted
 
 
-def _job_env(settings: Settings, state: dict) -> dict:
-    return {"TOMOPIPE_HOME": str(settings.home), "PREFECT_API_URL": state["prefect_api"],
-            "TOMOPIPE_PROJECT_ROOT": str(PROJECT_ROOT)}
+def module_entrypoint(entrypoint: str) -> str:
+    """``flows/live.py:live_run`` -> ``flows.live:live_run``: the form Prefect imports as a
+    module (the fork server has it imported already) rather than executing the file anew."""
+    path, _, name = entrypoint.partition(":")
+    return f"{path.removesuffix('.py').replace('/', '.')}:{name}"
+
+
+def _job_variables(settings: Settings, state: dict, entrypoint: str) -> dict:
+    """What a flow-run process gets. PREFECT__FLOW_ENTRYPOINT and working_dir let the engine
+    load the flow directly: without them it reads the deployment and runs its pull step
+    first, two API round trips and ~0.3 s before the run turns RUNNING."""
+    return {"working_dir": str(PROJECT_ROOT),
+            "env": {"TOMOPIPE_HOME": str(settings.home), "PREFECT_API_URL": state["prefect_api"],
+                    "TOMOPIPE_PROJECT_ROOT": str(PROJECT_ROOT),
+                    "PREFECT__FLOW_ENTRYPOINT": module_entrypoint(entrypoint)}}
 
 
 async def _register(settings: Settings, state: dict, spec: dict) -> dict:
@@ -101,7 +113,7 @@ async def _register(settings: Settings, state: dict, spec: dict) -> dict:
                 description=d.get("description"), parameters=d.get("parameters") or {},
                 parameter_openapi_schema=parameter_schema(flow).model_dump_for_openapi(),
                 pull_steps=d.get("pull") or pull, path=str(PROJECT_ROOT),
-                job_variables={"env": _job_env(settings, state),
+                job_variables={**_job_variables(settings, state, entry),
                                **((d.get("work_pool") or {}).get("job_variables") or {})},
                 enforce_parameter_schema=True,
             )

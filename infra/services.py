@@ -54,13 +54,12 @@ SERVICES = ("prefect", "worker", "zmq_proxy", "tiled", "bridge")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where flows/ and prefect.yaml live
 STARTING_FILE = "services.starting.json"  # pids of an `up` in progress
 
-# Polling that makes a triggered flow run start promptly. The worker polls the API for scheduled
-# runs every PREFECT_WORKER_QUERY_SECONDS (default 10 s); that is the setting that matters for a
-# process work pool. A quarter second costs the idle server one small query each time and took
-# the median start-to-running from 2.35 s to 2.07 s here. The runner setting only matters for
-# flow.serve(), but costs nothing. Heartbeats every 5 s let `status` tell a live worker.
+# The worker is woken by the server's event stream when a run of its pool is scheduled
+# (infra/wakeup.py), so its polling is only a fallback: every 5 s rather than the 0.25 s that
+# polling alone needed, whose database writes stalled the embedded SQLite server. Heartbeats
+# every 5 s let `status` tell a live worker. The runner setting only matters for flow.serve().
 WORKER_ENV = {
-    "PREFECT_WORKER_QUERY_SECONDS": "0.25",
+    "PREFECT_WORKER_QUERY_SECONDS": "5",
     "PREFECT_WORKER_PREFETCH_SECONDS": "5",
     "PREFECT_WORKER_HEARTBEAT_SECONDS": "5",
     "PREFECT_RUNNER_POLL_FREQUENCY": "1",
@@ -316,12 +315,13 @@ def _up(settings: Settings, home: Path, *, ports: Ports | None, timeout: float, 
     t0 = time.monotonic()
     try:
         # The three servers start together; each takes seconds to import and initialise.
-        run.start("prefect", [_exe("prefect"), "server", "start", "--host", LOOPBACK,
-                              "--port", str(ports.prefect)], base_env(home, None))
+        run.start("prefect", [sys.executable, "-m", "infra.prefect_server", "server", "start",
+                              "--host", LOOPBACK, "--port", str(ports.prefect)],
+                  base_env(home, None), cwd=PROJECT_ROOT)
         # The worker imports Prefect meanwhile and starts when the server answers; it creates
         # the process work pool when it is absent.
         run.start("worker", [sys.executable, "-m", "infra.worker_server", "--pool", WORK_POOL,
-                             "--type", "process", "--name", f"tomopipe-{ports.prefect}"],
+                             "--name", f"tomopipe-{ports.prefect}"],
                   {**env, **WORKER_ENV}, cwd=PROJECT_ROOT)
         run.start("zmq_proxy", [_exe("bluesky-0MQ-proxy"), "--in-address", state["zmq_in"],
                                 "--out-address", state["zmq_out"]], env)

@@ -1,8 +1,11 @@
-"""Start a Prefect worker as soon as its server answers: ``python -m infra.worker_server ARGS``.
+"""Start a Prefect process worker as soon as its server answers:
+``python -m infra.worker_server --pool POOL [--name NAME]``.
 
-ARGS are those of ``prefect worker start``. Importing Prefect takes seconds on a small machine,
-so ``tomopipe up`` starts this together with the server: the import overlaps the server's own
-start-up, and the worker begins the moment ``$PREFECT_API_URL/health`` answers.
+Importing Prefect takes seconds on a small machine, so ``tomopipe up`` starts this together
+with the server: the import overlaps the server's own start-up, and the worker begins the
+moment ``$PREFECT_API_URL/health`` answers. It is the worker of ``prefect worker start --type
+process``, plus infra/wakeup.py, which makes it poll the moment a run of its pool is scheduled
+(so it can poll slowly the rest of the time).
 
 It also starts the flow-run fork server (infra/zygote.py) on ``$TOMOPIPE_HOME/zygote.sock``
 unless TOMOPIPE_ZYGOTE=0: the deployments' command, ``python -m infra.zygote_client``, finds it
@@ -11,6 +14,7 @@ through TOMOPIPE_ZYGOTE_SOCKET, which the flow-run processes inherit from this w
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -43,7 +47,27 @@ def start_zygote() -> subprocess.Popen | None:
     return subprocess.Popen([sys.executable, "-m", "infra.zygote", path], stdin=subprocess.DEVNULL)
 
 
+def serve(pool: str, name: str) -> None:
+    import anyio
+    from prefect.settings import PREFECT_WORKER_HEARTBEAT_SECONDS, PREFECT_WORKER_PREFETCH_SECONDS
+    from prefect.utilities.processutils import setup_signal_handlers_worker
+    from prefect.workers.process import ProcessWorker
+
+    from infra.wakeup import run_worker
+
+    # As `prefect worker start` does: a first SIGTERM/SIGINT stops taking runs, a second kills.
+    setup_signal_handlers_worker(os.getpid(), "the process worker", print)
+    worker = ProcessWorker(
+        work_pool_name=pool, name=name, prefetch_seconds=PREFECT_WORKER_PREFETCH_SECONDS.value(),
+        heartbeat_interval_seconds=int(PREFECT_WORKER_HEARTBEAT_SECONDS.value()))
+    anyio.run(run_worker, worker, print)
+
+
 def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m infra.worker_server", description=__doc__)
+    p.add_argument("--pool", required=True, help="work pool (created as a process pool if absent)")
+    p.add_argument("--name", help="worker name shown in the UI (default: Prefect picks one)")
+    args = p.parse_args(argv)
     api = os.environ.get("PREFECT_API_URL")
     if not api:
         sys.exit("worker: PREFECT_API_URL is not set")
@@ -51,13 +75,16 @@ def main(argv: list[str]) -> int:
     # as activating it would.
     bin_dir = os.path.dirname(sys.executable)
     os.environ["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
-    from prefect.cli import app  # the slow part, done while the server starts
+    import prefect.workers.process  # noqa: F401  the slow part, done while the server starts
 
     start_zygote()  # after our own import, not to slow it on a small machine
 
     wait_for_api(api, WAIT_S)
-    sys.argv = ["prefect", "worker", "start", *argv]
-    return app()
+    try:
+        serve(args.pool, args.name)
+    except KeyboardInterrupt:  # the signal handlers' way of stopping
+        pass
+    return 0
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from infra.zygote_client import ENGINE_MODULE, HEADER, REPLY
 PRELOAD = (
     "prefect", "prefect.engine", "prefect.flow_engine", "prefect.client.orchestration",
     "prefect.deployments.steps", "prefect.results", "prefect.task_engine",
+    "prefect.utilities.visualization",
     "numpy", "h5py", "zarr", "dask.distributed",
     "flows.live", "flows.single_run", "flows.backfill", "flows.retention",
     "tasks.recon.engine", "tasks.recon.backends", "tasks.recon.slab", "tasks.preprocess.center",

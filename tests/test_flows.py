@@ -82,6 +82,12 @@ def test_live_scan_is_reconstructed(e2_services):  # noqa: F811
     assert listed[uid]["state"] == "completed" and listed[uid]["output"] == str(out)
     assert listed[uid]["plan_name"] == "tomo_scan"
 
+    # The worker took the run when it was scheduled (infra/wakeup.py), not at its next poll,
+    # and the flow was loaded from its module without the deployment's pull step.
+    worker_log = (Path(home) / "logs" / "worker.log").read_text()
+    assert f"woken by prefect.flow-run.Scheduled prefect.flow-run.{fr['id']}" in worker_log
+    assert "deployment pull step" not in worker_log
+
 
 def test_aborted_scan_fails_with_its_reason(e2_services):  # noqa: F811
     home, state = e2_services
@@ -154,6 +160,7 @@ def test_register_all_updates_and_removes_stale(e2_services):  # noqa: F811
     automations) that prefect.yaml no longer defines."""
     import httpx
 
+    from deployments import register
     from deployments.register import register_all
     from tomopipe.config import load_settings
 
@@ -182,6 +189,10 @@ def test_register_all_updates_and_removes_stale(e2_services):  # noqa: F811
     live_auto = next(a for a in automations if a["name"] == "live__automation_1")
     assert live_auto["trigger"]["match"]["bluesky.tomo"] == "true"
     assert live_auto["trigger"]["expect"] == ["bluesky.run.start"]
+    live = httpx.get(f"{api}/deployments/name/live-run/live", timeout=30).json()
+    variables = live["job_variables"]
+    assert variables["env"]["PREFECT__FLOW_ENTRYPOINT"] == "flows.live:live_run"
+    assert variables["working_dir"] == str(register.PROJECT_ROOT)
     # the other tests' flows reconstruct in-process: keep that after re-registering
     from test_flows_support import _prepare
 
