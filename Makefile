@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(EXTRAS)
 
 # Some environments set PYTHONDONTWRITEBYTECODE=1: every process (Prefect server, worker, each
 # flow run) then compiles every imported module from source; on a busy 2-core machine that made
-# `tomopipe up` take ~130 s (18 s on a fresh home with cached bytecode, idle). Let Python cache
+# `tomopipe up` take ~130 s (18–24 s on a fresh home with cached bytecode, idle). Let Python cache
 # its bytecode, and precompile at install.
 unexport PYTHONDONTWRITEBYTECODE
 

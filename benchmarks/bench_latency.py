@@ -6,9 +6,10 @@ pass --up to start them here) and prints one JSON object per scan plus a summary
 
     .venv/bin/python benchmarks/bench_latency.py --size 256 --rows 256 --angles 360 --repeat 2
 
-Times: the start/stop documents' own ``time`` fields, the flow run's ``start_time`` from the
-Prefect API, the result record's update time (written when the volume is published) and the
-engine's own reconstruction time from the result record.
+Times: the start/stop documents' own ``time`` fields, the flow run's ``start_time`` and the time
+it entered each state (``state_*_s``, from the start document) from the Prefect API, the result
+record's update time (written when the volume is published) and the engine's own
+reconstruction time from the result record.
 """
 
 from __future__ import annotations
