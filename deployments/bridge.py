@@ -4,7 +4,10 @@ Every document is written to the catalog first; only then does the bridge emit
 ``bluesky.run.start`` / ``bluesky.run.stop``, so a flow woken by the event finds the run.
 A malformed document is logged and skipped. A durable ledger keeps events to one per run, and
 at start-up the bridge reconciles: open runs are rebuilt from the journal, and recent runs in
-the catalog that lack an event (they came while the bridge was down) get it.
+the catalog that lack an event (they came while the bridge was down) get it. When the catalog
+cannot take a run's document (Tiled down), the run is stalled: its documents go on into the
+journal only, its events wait, and every retry period the bridge tries to write the run again
+from the journal; once that works the run goes on as if nothing had happened.
 
 Run it as ``python -m deployments.bridge --home H`` (``tomopipe up`` does).
 """
@@ -52,6 +55,7 @@ class Bridge:
         self._seen: dict[str, set[str]] = {}  # open run uid -> document uids already handled
         self._ignored: set[str] = set()  # runs sent again after they were handled
         self._unsent: dict[tuple[str, str], tuple[dict, dict]] = {}  # emissions that failed
+        self._stalled: set[str] = set()  # open runs the catalog could not take; see retry_stalled
         self._lock = threading.RLock()
         self.handled = self.skipped = 0
 
@@ -125,7 +129,20 @@ class Bridge:
         if name in ("descriptor", "stream_resource", "resource"):
             self._owner[doc["uid"]] = uid
         self.journal.append(uid, name, doc)
-        self.writer.write(name, doc, uid)  # catalog first, events after
+        if uid in self._stalled:
+            return  # written with the rest of the run by retry_stalled
+        try:
+            self.writer.write(name, doc, uid)  # catalog first, events after
+        except Exception as exc:
+            self._stalled.add(uid)
+            log.warning("the catalog cannot take %s document of run %s (%s: %s): the run is "
+                        "kept in the journal and written again when the catalog answers",
+                        name, uid, type(exc).__name__, exc)
+            return
+        self._after_write(uid, name, doc)
+
+    def _after_write(self, uid: str, name: str, doc: dict) -> None:
+        """The events a document implies, once it is in the catalog."""
         if name == "start":
             self._emit(uid, START, start_payload(doc))
         elif name == "stop":
@@ -171,6 +188,31 @@ class Bridge:
                     log.warning("event %s for %s still not sent: %s", event, uid, exc)
         return sent
 
+    def retry_stalled(self) -> list[str]:
+        """Write each stalled run again from its journal (replacing what part of it reached
+        the catalog), then emit the events it is owed; returns the runs that went through."""
+        recovered = []
+        for uid in sorted(self._stalled):
+            with self._lock:
+                docs = self.journal.documents(uid)
+                try:
+                    self.writer.rebuild(uid, docs)
+                except Exception as exc:
+                    log.warning("run %s still cannot be written to the catalog: %s: %s",
+                                uid, type(exc).__name__, exc)
+                    continue
+                self._stalled.discard(uid)
+                log.info("run %s written to the catalog from %d journalled documents",
+                         uid, len(docs))
+                for name, doc in docs:
+                    if name in ("start", "stop"):
+                        try:
+                            self._after_write(uid, name, doc)
+                        except Exception as exc:  # left in _unsent for retry_unsent
+                            log.warning("event for %s not sent: %s", uid, exc)
+                recovered.append(uid)
+        return recovered
+
     # -- after a restart ---------------------------------------------------------------------
     def resume_open_runs(self, max_age_s: float = 86400.0) -> list[str]:
         """Rebuild runs the journal holds open, so their remaining documents land."""
@@ -192,8 +234,13 @@ class Bridge:
                         self._seen[uid].add(doc["uid"])
                     if name in ("descriptor", "stream_resource", "resource"):
                         self._owner[doc["uid"]] = uid
-                self.writer.rebuild(uid, docs)
-                self._emit(uid, START, start_payload(start))
+                try:
+                    self.writer.rebuild(uid, docs)
+                except Exception as exc:  # the catalog is down too: retry_stalled goes on
+                    self._stalled.add(uid)
+                    log.warning("run %s cannot be written to the catalog yet: %s", uid, exc)
+                else:
+                    self._emit(uid, START, start_payload(start))
             resumed.append(uid)
             log.info("resumed run %s from %d journalled documents", uid, len(docs))
         return resumed
@@ -256,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lookback", type=float, default=86400.0,
                         help="seconds of catalog history to reconcile at start-up")
     parser.add_argument("--retry-every", type=float, default=10.0,
-                        help="seconds between attempts to send events that failed")
+                        help="seconds between attempts to write runs the catalog could not "
+                             "take and to send events that failed")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
@@ -308,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         except queue.Empty:
             pass
         if time.monotonic() > next_check:
+            bridge.retry_stalled()  # runs a catalog that was down could not take
             bridge.retry_unsent()  # events a Prefect server that was down could not take
             next_check = time.monotonic() + args.retry_every
     from deployments.events import PrefectEmitter

@@ -274,3 +274,90 @@ def test_events_the_server_refused_are_sent_later(tmp_path):
     assert bridge.retry_unsent() == 2
     assert bridge.ledger.events_of("run-1") == {START, STOP}
     assert bridge.retry_unsent() == 0
+
+
+def test_stalled_run_waits_for_the_catalog_then_goes_on(tmp_path):
+    """A catalog that cannot take a document stalls its run: documents go on into the journal,
+    no event is emitted, and once the catalog answers the run is rebuilt and its events go."""
+    rec = Recorder()
+    down = {"now": True}
+
+    class Flaky:
+        def write(self, name, doc, uid):
+            if down["now"]:
+                raise ConnectionError("catalog unreachable")
+            rec.write(name, doc, uid)
+
+        def rebuild(self, uid, docs):
+            if down["now"]:
+                raise ConnectionError("catalog unreachable")
+            rec.rebuild(uid, docs)
+
+    bridge = Bridge(Flaky(), rec.emit, Ledger(tmp_path / "ledger.sqlite"),
+                    Journal(tmp_path / "j"), beamline="bl", tomo_plans=("tomo_scan",))
+    docs = _docs()
+    for name, doc in docs:  # the whole run, stop included, while the catalog is down
+        bridge.handle(name, doc)
+    assert bridge.skipped == 0 and rec.calls == []
+    assert bridge.retry_stalled() == [] and rec.calls == []  # still down
+    down["now"] = False
+    assert bridge.retry_stalled() == ["run-1"]
+    assert [c[:2] for c in rec.calls] == [("rebuild", "run-1"), ("emit", START), ("emit", STOP)]
+    assert rec.calls[0][2] == len(docs)  # every document, from the journal
+    assert Journal(tmp_path / "j").open_runs() == []
+    assert bridge.retry_stalled() == []  # nothing left: no second set of events
+
+
+def _serve_tiled(home, config, port, key):
+    from infra import processes, tiled_server
+
+    proc = processes.spawn(tiled_server.argv(str(Path(sys.executable).parent / "tiled"), config,
+                                             port), env=dict(os.environ),
+                           log_path=Path(home) / "tiled.log")
+    processes.wait_healthy("tiled", lambda: tiled_server.catalog_answers(
+        f"http://127.0.0.1:{port}", key), proc=proc, log_path=Path(home) / "tiled.log",
+        timeout=180)
+    return proc
+
+
+def test_run_written_when_a_killed_catalog_server_comes_back(tmp_path):
+    """A real Tiled server SIGKILLed while a run's documents arrive, then started again on the
+    same port and database: the bridge writes the whole run from its journal, then emits."""
+    from deployments.catalog_writer import CatalogWriter
+    from infra import processes, tiled_server
+    from tasks.runs import connect_catalog, run_metadata
+    from tomopipe.config import load_settings
+
+    home = tmp_path
+    uid, docs = _sim_docs(home)
+    key, port = tiled_server.new_api_key(), processes.free_port()
+    config = tiled_server.write_config(home, load_settings(home).data_roots, key)
+    proc = _serve_tiled(home, config, port, key)
+    try:
+        catalog = connect_catalog(f"http://127.0.0.1:{port}", key)
+        rec = Recorder()
+        bridge = Bridge(CatalogWriter(catalog), rec.emit, Ledger(home / "ledger.sqlite"),
+                        Journal(home / "journal"), beamline="bl", tomo_plans=("tomo_scan",))
+        cut = len(docs) // 2
+        for name, doc in docs[:cut]:
+            bridge.handle(name, doc)
+        assert [c[:2] for c in rec.calls] == [("emit", START)]
+        os.killpg(proc.pid, signal.SIGKILL)  # the catalog server dies mid-run
+        proc.wait(30)
+        for name, doc in docs[cut:]:
+            bridge.handle(name, doc)
+        assert bridge.skipped == 0 and [c[:2] for c in rec.calls] == [("emit", START)]
+        assert bridge.retry_stalled() == []  # still down: nothing emitted
+        proc = _serve_tiled(home, config, port, key)
+        assert bridge.retry_stalled() == [uid]
+        assert [c[:2] for c in rec.calls] == [("emit", START), ("emit", STOP)]
+        start, stop = run_metadata(connect_catalog(f"http://127.0.0.1:{port}", key)[uid])
+        assert start["uid"] == uid and stop["exit_status"] == "success"
+        # every frame of the primary stream is there, including those sent while it was down
+        primary_desc = next(d["uid"] for n, d in docs
+                            if n == "descriptor" and d["name"] == "primary")
+        events = sum(1 for n, d in docs if n == "event" and d["descriptor"] == primary_desc)
+        primary = connect_catalog(f"http://127.0.0.1:{port}", key)[uid]["primary"]
+        assert events > 0 and len(primary.base["internal"].read()) == events
+    finally:
+        processes.stop_group(proc.pid)
