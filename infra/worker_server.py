@@ -47,7 +47,7 @@ def start_zygote() -> subprocess.Popen | None:
     return subprocess.Popen([sys.executable, "-m", "infra.zygote", path], stdin=subprocess.DEVNULL)
 
 
-def serve(pool: str, name: str) -> None:
+def serve(pool: str, name: str | None) -> None:
     import anyio
     from prefect.settings import PREFECT_WORKER_HEARTBEAT_SECONDS, PREFECT_WORKER_PREFETCH_SECONDS
     from prefect.utilities.processutils import setup_signal_handlers_worker
