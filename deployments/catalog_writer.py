@@ -1,6 +1,7 @@
 """Persist documents into the Tiled catalog with bluesky's TiledWriter.
 
-Documents are written one by one (batch_size=1) so the catalog follows a run as frames land.
+Events and stream datums go to the catalog in batches of ``batch_size`` documents (and at the
+stop), so the catalog follows a run as frames land, a few frames behind.
 A run resumed after a bridge restart, or stalled while the catalog was down, is rebuilt: its
 partial node is deleted and the journal of its documents replayed through a new TiledWriter,
 because TiledWriter keeps per-run state only in memory.
@@ -22,9 +23,6 @@ class CatalogWriter:
         # One TiledWriter per open run: a run written again (rebuild) needs a writer that has
         # not seen its start document, and TiledWriter cannot forget one run among several.
         self._writers: dict = {}
-
-    def knows(self, uid: str) -> bool:
-        return uid in self._writers
 
     def in_catalog(self, uid: str) -> bool:
         try:
@@ -58,9 +56,6 @@ class NullWriter:
     """For facilities whose own TiledWriter already persists the documents (--no-writer)."""
 
     catalog = None
-
-    def knows(self, uid: str) -> bool:
-        return True
 
     def write(self, name: str, doc: dict, run_uid: str) -> None:
         pass

@@ -14,7 +14,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.single_run import reconstruct_scan
+from flows.single_run import reconstruct_scan, record_unexpected
 from tasks import catalog_writeback
 from tasks.recon_tasks import already_done, recon_params, record_state, run_output
 from tasks.run_tasks import find_runs, home_of, resolve_run
@@ -37,6 +37,9 @@ def reconstruct_run(uid: str, home: str, plan_name: str | None, params: dict | N
     except TomopipeError as exc:
         record_state(home, uid, "failed", plan_name=plan_name, message=str(exc), mirror=True)
         return {"uid": uid, "state": "failed", "message": str(exc)}
+    except Exception as exc:  # unforeseen: recorded, and shown as a failed task in the UI
+        record_unexpected(home, uid, plan_name, exc)
+        raise
 
 
 @flow(name="backfill", log_prints=True)
@@ -78,11 +81,12 @@ def backfill(plan: str | None = None, since: str | None = None, until: str | Non
         futures = [runner.submit(reconstruct_run, parameters={
             "uid": r["uid"], "home": str(h), "plan_name": r["plan_name"], "params": params,
             "workers": workers, "scheduler": scheduler, "force": force}) for r in todo]
-        for future in futures:
+        for run, future in zip(todo, futures, strict=True):
             try:
                 rows.append(future.result())
             except Exception as exc:  # an unexpected fault in one run does not stop the rest
-                rows.append({"uid": "?", "state": "failed", "message": str(exc)})
+                rows.append({"uid": run["uid"], "state": "failed",
+                             "message": f"{type(exc).__name__}: {exc}"})
     summary = {
         "matched": len(matched),
         "reconstructed": sum(r["state"] == "completed" for r in rows),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.single_run import fail, reconstruct_scan
+from flows.single_run import fail, reconstruct_scan, record_unexpected
 from tasks.recon_tasks import record_state
 from tasks.run_tasks import RunFailed, follow_run, resolve_run
 from tomopipe.errors import TomopipeError
@@ -29,3 +29,6 @@ def live_run(uid: str, params: dict | None = None, workers: int | None = None,
                                 workers=workers, scheduler=scheduler)
     except (RunFailed, TomopipeError) as exc:
         return fail(home, uid, plan_name, exc)
+    except Exception as exc:
+        record_unexpected(home, uid, plan_name, exc)
+        raise

@@ -55,7 +55,30 @@ def reconstruct_scan(spec: ScanSpec, *, home: str | None, source: str,
     t2 = time.perf_counter()
     published = publish(str(h), source, plan_name, result, recon,
                         {"stage_s": t1 - t0, "reconstruct_task_s": t2 - t1})
-    return published
+    return {**published, **results_back(settings, published["output"], source)}
+
+
+def results_back(settings, volume: str, source: str) -> dict:
+    """Send the published volume to ``transfer.results_to`` when that is configured.
+
+    The volume is complete and recorded whatever happens here: a transfer that fails shows as a
+    failed ``move-results-back`` task and in the returned ``results_back_error``, not as a
+    failed reconstruction.
+    """
+    from tasks.transfer.base import TransferError
+    from tasks.transfer.prefect_tasks import move_results_back
+    from tasks.transfer.sites import load_transfer_config
+
+    cfg = load_transfer_config(settings)
+    if not cfg.transfer.results_to:
+        return {}
+    try:
+        report = move_results_back(volume, run_uid=source, cfg=cfg)
+    except (TransferError, TomopipeError, OSError) as exc:
+        get_run_logger().error("the volume could not be sent back to %s: %s",
+                               cfg.transfer.results_to, exc)
+        return {"results_back_error": str(exc)}
+    return {"results_back": report.destination}
 
 
 def fail(home, source: str, plan_name: str | None, exc: BaseException):
@@ -64,6 +87,13 @@ def fail(home, source: str, plan_name: str | None, exc: BaseException):
     record_state(home, source, "failed", plan_name=plan_name, message=message, mirror=True)
     get_run_logger().error("%s failed: %s", source, message)
     return Failed(message=message)
+
+
+def record_unexpected(home, source: str, plan_name: str | None, exc: BaseException) -> None:
+    """A fault we did not foresee (a bug, a lost Dask worker): record the run as failed, so it
+    is not left "running", and let the caller re-raise it with its traceback for the UI."""
+    record_state(home, source, "failed", plan_name=plan_name,
+                 message=f"{type(exc).__name__}: {exc}", mirror=True)
 
 
 @flow(name="single-run", log_prints=True)
@@ -85,6 +115,9 @@ def single_run(uid: str | None = None, path: str | None = None, data_path: str |
                                 params=params, workers=workers, scheduler=scheduler, force=force)
     except TomopipeError as exc:
         return fail(home, source, plan_name, exc)
+    except Exception as exc:
+        record_unexpected(home, source, plan_name, exc)
+        raise
 
 
-__all__ = ["single_run", "reconstruct_scan"]
+__all__ = ["single_run", "reconstruct_scan", "fail", "record_unexpected"]

@@ -42,8 +42,7 @@ import httpx
 
 from infra import processes, tiled_server
 from infra.processes import LOOPBACK
-from infra.state import clear_services, read_services, state_path
-from infra.state import write_services as _write_state
+from infra.state import clear_services, read_services, write_services
 from tomopipe.config import Settings
 from tomopipe.errors import ConfigError, ServiceError
 
@@ -382,12 +381,6 @@ def _wait_for_zygote(home: Path, run, timeout: float) -> None:
     sock = home / "zygote.sock"
     processes.wait_healthy("worker's flow-run fork server (zygote)", sock.exists,
                            proc=run.procs["worker"], log_path=run.logs["worker"], timeout=timeout)
-
-
-def write_services(home: Path, state: dict) -> None:
-    """infra.state.write_services, readable by the owner only (it holds the Tiled API key)."""
-    _write_state(home, state)
-    os.chmod(state_path(home), 0o600)
 
 
 def _write_json(path: Path, data: dict) -> None:

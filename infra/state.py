@@ -25,10 +25,14 @@ def read_services(home: Path) -> dict | None:
 
 
 def write_services(home: Path, state: dict) -> None:
+    """Write the state, readable by the owner only (it holds the Tiled API key)."""
     path = state_path(home)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+    tmp.unlink(missing_ok=True)  # a leftover would keep its own mode
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(state, indent=2, sort_keys=True))
     os.replace(tmp, path)  # readers never see half a file
 
 

@@ -157,17 +157,14 @@ def stage(spec: ScanSpec, home: str | None = None) -> ScanSpec:
     verified there; with no destination configured the files are read in place. The manifest
     (and the transfer's summary) ride in ``spec.extra`` into the volume's provenance.
     """
-    from tasks.paths import resolve_data_path
+    from tasks.transfer.ledger import ledger_dir
     from tasks.transfer.prefect_tasks import move_scan_data
     from tasks.transfer.sites import load_transfer_config
 
     settings = load_settings(home_of(home))
+    # The manifest resolves every path (under the data roots, for a run) and refuses missing
+    # files, naming them.
     from_run = spec.extra.get("source") == "bluesky"
-    for fs in spec.projections + spec.flats + spec.darks:
-        path = Path(fs.path)
-        if from_run:
-            path = resolve_data_path(fs.path, settings.data_roots, source=spec.label)
-        if not path.is_file():
-            raise InputError(spec.label, "referenced file does not exist", where=fs.path)
     return move_scan_data.fn(spec, data_roots=settings.data_roots if from_run else None,
-                             cfg=load_transfer_config(settings))
+                             cfg=load_transfer_config(settings),
+                             ledger=str(ledger_dir(settings.home)))

@@ -143,7 +143,13 @@ def test_kafka_subscriber_constructs():
 
     # no broker can run here: construction only (the consumer connects lazily, and is closed)
     sub = KafkaSubscriber(["bluesky.documents"], "127.0.0.1:9", group_id="test")
-    sub.close()
+    try:
+        consumer = sub._dispatcher._bluesky_consumer
+        assert consumer._topics == ["bluesky.documents"]
+        assert consumer._consumer_config == {"auto.offset.reset": "latest", "group.id": "test",
+                                             "bootstrap.servers": "127.0.0.1:9"}
+    finally:
+        sub.close()
 
 
 # ------------------------------------------------------------------ with the real services

@@ -155,6 +155,59 @@ def test_single_run_by_file(e2_services, tmp_path):  # noqa: F811
     assert state_.is_failed() and "missing.h5" in state_.message
 
 
+def test_an_unforeseen_fault_is_recorded_not_left_running(e2_services, tmp_path,  # noqa: F811
+                                                          monkeypatch):
+    """A fault that is not one of ours (here a RuntimeError from the reconstruction) fails the
+    flow with its traceback, and the run's record says failed rather than running forever."""
+    import flows.single_run as single
+    from infra.datasets import make_phantom_scan, write_dxchange
+
+    home = tmp_path / "home"
+    scan = make_phantom_scan(SIZE, ROWS, ANGLES, seed=5)
+    path = tmp_path / "scan.h5"
+    write_dxchange(path, scan["projections"], scan["flats"], scan["darks"], scan["angles_deg"])
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a worker vanished")
+
+    monkeypatch.setattr(single, "reconstruct_volume", broken)
+    state_ = single.single_run(path=str(path), workers=0, home=str(home), return_state=True)
+    assert state_.is_failed()
+    row = catalog_writeback.read_one(home, str(path.resolve()))
+    assert row["state"] == "failed" and "RuntimeError: a worker vanished" in row["message"]
+
+
+def test_volume_goes_back_to_results_to(e2_services, tmp_path):  # noqa: F811
+    """With transfer.results_to set, the published volume is copied there and verified."""
+    _, state = e2_services  # the Prefect server; the run itself uses a home of its own
+    import hashlib
+
+    import yaml
+
+    from flows.single_run import single_run
+    from infra.datasets import make_phantom_scan, write_dxchange
+
+    home, results = tmp_path / "home", tmp_path / "results"
+    home.mkdir()
+    (home / "config.yaml").write_text(yaml.safe_dump({
+        "sites": {"compute": {"mover": "local", "root": str(home)},
+                  "beamline": {"mover": "local", "root": str(results)}},
+        "transfer": {"source": "compute", "results_to": "beamline",
+                     "results_path": str(results)}}))
+    scan = make_phantom_scan(SIZE, ROWS, ANGLES, seed=4)
+    path = tmp_path / "scan.h5"
+    write_dxchange(path, scan["projections"], scan["flats"], scan["darks"], scan["angles_deg"])
+    result = single_run(path=str(path), params={"center": float(scan["center"])}, workers=0,
+                        home=str(home))
+    out = Path(result["output"])
+    assert "results_back_error" not in result
+    copy = Path(result["results_back"]) / out.name
+    sent = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert sent and sent == sorted(p.relative_to(copy) for p in copy.rglob("*") if p.is_file())
+    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    assert all(digest(out / rel) == digest(copy / rel) for rel in sent)
+
+
 def test_register_all_updates_and_removes_stale(e2_services):  # noqa: F811
     """Registering again keeps one automation per trigger and deletes deployments (and their
     automations) that prefect.yaml no longer defines."""

@@ -181,9 +181,17 @@ def test_files_are_readable_while_the_scan_runs_swmr(tmp_path):
 
 def test_fps_makes_the_scan_take_real_time(tmp_path):
     settings = load_settings(tmp_path)
-    began = time.monotonic()
-    simulate(settings, size=16, rows=2, angles=8, fps=40.0, sample="slow", n_flats=1, n_darks=1)
-    assert time.monotonic() - began >= 10 / 40.0
+
+    def seconds(fps):
+        began = time.monotonic()
+        simulate(settings, size=16, rows=2, angles=8, fps=fps, sample="slow", n_flats=1,
+                 n_darks=1)
+        return time.monotonic() - began
+
+    seconds(None)  # warm: the first scan of a process pays for imports
+    free, paced = seconds(None), seconds(10.0)
+    # 10 frames (8 projections, a flat, a dark) at 10 per second: about a second more
+    assert paced - free >= 0.8 * 10 / 10.0, (free, paced)
 
 
 def test_abort_after_k_projections_gives_an_aborted_stop(tmp_path):
