@@ -1,7 +1,7 @@
 """Register the deployments of ``prefect.yaml`` on the home's Prefect server.
 
 ``register_all(settings, state)`` creates or updates each deployment (on the ``tomopipe``
-process work pool, pulled by setting the working directory to the repository root), replaces
+process work pool, run from the repository root, with its schedules), replaces
 its trigger automations, and deletes what is stale: deployments of our flows no longer in the
 file and their automations (deleting a deployment leaves its automations behind, so they are
 deleted explicitly first).
@@ -80,6 +80,22 @@ def _job_variables(settings: Settings, state: dict, entrypoint: str) -> dict:
                     "PREFECT__FLOW_ENTRYPOINT": module_entrypoint(entrypoint)}}
 
 
+def _schedules(deployment: dict) -> list:
+    """The deployment's ``schedules`` (``cron``, ``interval`` in seconds, or ``rrule`` each,
+    with an optional ``timezone``), as Prefect takes them."""
+    from prefect.client.schemas.actions import DeploymentScheduleCreate
+    from prefect.client.schemas.schedules import construct_schedule
+
+    made = []
+    for i, entry in enumerate(deployment.get("schedules") or []):
+        try:
+            made.append(DeploymentScheduleCreate(schedule=construct_schedule(**entry)))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"prefect.yaml: deployment {deployment['name']!r}: schedules[{i}]: "
+                              f"{exc}") from exc
+    return made
+
+
 async def _register(settings: Settings, state: dict, spec: dict) -> dict:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
@@ -115,6 +131,7 @@ async def _register(settings: Settings, state: dict, spec: dict) -> dict:
                 pull_steps=d.get("pull") or pull, path=str(PROJECT_ROOT),
                 job_variables={**_job_variables(settings, state, entry),
                                **((d.get("work_pool") or {}).get("job_variables") or {})},
+                schedules=_schedules(d),
                 enforce_parameter_schema=True,
             )
             await client.delete_resource_owned_automations(f"prefect.deployment.{dep_id}")

@@ -5,8 +5,9 @@ The rules (plain code in ``tasks.transfer.retention``): a raw file older than th
 not changed since, and its copy is verified now (local: checksum read again; Globus: checksum
 verified by the service in the recorded task). Everything else is kept, with the reason.
 
-Run on a schedule: ``python -m flows.retention`` serves it daily (cron ``0 3 * * *``); each run
-leaves a Markdown artifact per site listing what it deleted and what it kept and why.
+``tomopipe up`` registers it to run daily at 03:00 (``prefect.yaml``); without the services,
+``python -m flows.retention`` serves it on the same schedule. Each run leaves a Markdown
+artifact per site listing what it deleted and what it kept and why.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@
 
 - ``prefect``: the Prefect server (SQLite under ``$TOMOPIPE_HOME/prefect``, its PREFECT_HOME);
 - ``worker``: a Prefect worker on the ``tomopipe`` process work pool (the worker creates the pool
-  when it is absent), polling every second so a triggered flow run starts promptly;
+  when it is absent), woken by the server's event stream when a run is scheduled
+  (infra/wakeup.py), polling every 5 s as a fallback;
 - ``zmq_proxy``: bluesky's 0MQ proxy, the document bus (pickle serializer, loopback only);
 - ``tiled``: a Tiled catalog server that stores Bluesky runs and reads the data roots;
 - ``bridge``: ``python -m deployments.bridge --home H`` (documents -> catalog + Prefect events),

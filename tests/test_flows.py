@@ -246,6 +246,9 @@ def test_register_all_updates_and_removes_stale(e2_services):  # noqa: F811
     variables = live["job_variables"]
     assert variables["env"]["PREFECT__FLOW_ENTRYPOINT"] == "flows.live:live_run"
     assert variables["working_dir"] == str(register.PROJECT_ROOT)
+    # retention runs daily; registering again (`up` did once) does not add a second schedule
+    retention = httpx.get(f"{api}/deployments/name/retention/retention", timeout=30).json()
+    assert [s["schedule"]["cron"] for s in retention["schedules"]] == ["0 3 * * *"]
     # the other tests' flows reconstruct in-process: keep that after re-registering
     from test_flows_support import _prepare
 
