@@ -160,6 +160,22 @@ def test_impossible_memory_budget_writes_nothing(scan, tmp_path):
     assert not out.exists() and not publish.partial_path(out).exists()
 
 
+@pytest.mark.parametrize("bad, field", [
+    ({"filter_name": "bogus"}, "filter_name"), ({"center": "middle"}, "center"),
+    ({"center": float("nan")}, "center"), ({"rows": (8, 4)}, "rows"),
+    ({"zingers": -1.0}, "zingers"), ({"sirt_iterations": 0}, "sirt_iterations"),
+    ({"flat_method": "max"}, "flat_method"), ({"rings": "wavelet"}, "rings")])
+def test_bad_parameters_are_refused_where_given(bad, field, tmp_path):
+    """Before any output exists: the flows build ReconParams from config.yaml and parameters."""
+    from tasks.recon_tasks import recon_params
+    from tomopipe.config import load_settings
+    from tomopipe.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"reconstruction parameter {field}: expected"):
+        recon_params(load_settings(tmp_path), bad)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_auto_center_and_rows(scan, tmp_path):
     spec, d = scan
     result = reconstruct(spec, ReconParams(rows=(4, 20)), tmp_path / "v.zarr", workers=0)

@@ -12,8 +12,7 @@ from scipy import fft as sfft
 from scipy import ndimage
 
 from tasks.preprocess._validate import ArrayInputError, as_array, require_finite
-
-METHODS = ("none", "fw", "sort")
+from tasks.recon.params import RING_METHODS as METHODS
 
 
 def _sinos(sinos) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tasks.preprocess._validate import require_finite
 from tasks.recon.filters import check_filter
 from tomopipe.errors import InputError
 
@@ -24,9 +25,7 @@ def check_inputs(sinos, angles_rad, center) -> tuple[np.ndarray, np.ndarray, flo
                          "(sinogram axis 1)", "angles")
     if not np.all(np.isfinite(angles)):
         raise InputError(SOURCE, "angles contain NaN or infinity", "angles")
-    if not np.all(np.isfinite(sinos)):
-        bad = int(np.count_nonzero(~np.isfinite(sinos)))
-        raise InputError(SOURCE, f"sinograms contain {bad} NaN or infinite values", "sinograms")
+    require_finite(sinos, "sinograms")  # without a slab-sized boolean temporary
     try:
         center = float(center)
     except (TypeError, ValueError):

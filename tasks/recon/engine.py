@@ -8,6 +8,7 @@ their pyramid levels, writes its own shards and then its slab's done-marker.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import functools
 import os
@@ -319,7 +320,10 @@ def reconstruct(spec: ScanSpec, params: ReconParams, out: str | os.PathLike, *, 
         timings["plan_s"] = time.perf_counter() - t
         slabs = chunk_plan.slabs()
         todo = [s for s in slabs if not publish.slab_done(pub.partial, s)]
-        jobs = [SlabJob(spec=spec, rows=(rows[0] + a, rows[0] + b), z0=a, params=params,
+        # Workers read frames only: the spec's extra (the staging manifest, stream details)
+        # need not travel with every task through the scheduler.
+        bare = dataclasses.replace(spec, extra={})
+        jobs = [SlabJob(spec=bare, rows=(rows[0] + a, rows[0] + b), z0=a, params=params,
                         center=float(center["value"]), backend=backend_name, pixel_size_um=px,
                         partial=str(pub.partial), n_levels=chunk_plan.n_levels) for a, b in todo]
         if progress:

@@ -13,7 +13,7 @@ from functools import lru_cache
 import numpy as np
 import scipy.fft
 
-FILTERS = ("ramlak", "shepp", "cosine", "hann", "parzen")
+from tasks.recon.params import FILTERS
 
 # astra-toolbox's names for the same windows.
 ASTRA_FILTER_NAMES = {

@@ -105,8 +105,9 @@ def slab_memory(rows: int, n_angles: int, n_cols: int, *, raw_itemsize: int, byt
     out = rows * n_cols * n_cols * FLOAT32
     return {
         "raw frames": (n_angles + n_flats_darks) * frame * raw_itemsize,
-        # normalised, -log and transposed sinograms can be alive together
-        "float32 copies": 3 * n_angles * frame * FLOAT32,
+        # two alive at once: normalised (then -log in place) and transposed sinograms, or a
+        # filter's input and output (zingers, stripes)
+        "float32 copies": 2 * n_angles * frame * FLOAT32,
         "backend": rows * bytes_per_row,
         # the levels add 1/7; the encoded shards about one copy more
         "output + pyramid": int(out * 8 / 7) + out,

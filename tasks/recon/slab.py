@@ -23,7 +23,7 @@ def preprocess_slab(projections: np.ndarray, flats: np.ndarray, darks: np.ndarra
     norm = normalize(projections, flats, darks, method=params.flat_method)
     if params.zingers is not None:
         norm = remove_zingers(norm, params.zingers)
-    sinos = to_sinograms(minus_log(norm))
+    sinos = to_sinograms(minus_log(norm, out=norm))  # in place: two float32 copies at most
     del norm
     if params.rings and params.rings != "none":
         sinos = remove_stripes(sinos, params.rings)
