@@ -10,8 +10,6 @@ deleted explicitly first).
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
 from pathlib import Path
 
 import yaml
@@ -22,8 +20,6 @@ from tomopipe.errors import ConfigError
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PREFECT_YAML = PROJECT_ROOT / "prefect.yaml"
 ROOT_PLACEHOLDER = "{{ $TOMOPIPE_PROJECT_ROOT }}"
-OPTIONAL = {"retention"}  # flows other engineers add; `up` goes on without them
-log = logging.getLogger(__name__)
 
 
 def load_spec(path: Path = PREFECT_YAML, root: Path = PROJECT_ROOT) -> dict:
@@ -106,22 +102,14 @@ async def _register(settings: Settings, state: dict, spec: dict) -> dict:
 
     pull = spec.get("pull") or []
     registered: dict[str, str] = {}
-    flow_names: set[str] = set()
     async with get_client() as client:
         for d in spec["deployments"]:
             entry = d["entrypoint"]
-            if not (PROJECT_ROOT / entry.split(":")[0]).exists():
-                continue  # e.g. flows/retention.py before it is written
             try:
                 flow = load_flow_from_entrypoint(str(PROJECT_ROOT / entry))
             except Exception as exc:
-                if d["name"] not in OPTIONAL:
-                    raise ConfigError(f"prefect.yaml: deployment {d['name']!r}: cannot load "
-                                      f"{entry}: {exc}") from exc
-                log.warning("deployment %s not registered: cannot load %s: %s",
-                            d["name"], entry, exc)
-                continue
-            flow_names.add(flow.name)
+                raise ConfigError(f"prefect.yaml: deployment {d['name']!r}: cannot load "
+                                  f"{entry}: {exc}") from exc
             flow_id = await client.create_flow_from_name(flow.name)
             pool = (d.get("work_pool") or {}).get("name") or state.get("work_pool", "tomopipe")
             dep_id = await client.create_deployment(
@@ -152,5 +140,4 @@ async def _register(settings: Settings, state: dict, spec: dict) -> dict:
                 await client.delete_resource_owned_automations(f"prefect.deployment.{dep.id}")
                 await client.delete_deployment(dep.id)
         await _delete_orphan_automations(client)
-    os.environ.setdefault("TOMOPIPE_PROJECT_ROOT", str(PROJECT_ROOT))
     return registered

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import importlib.util
 import json
 import os
 import shutil
@@ -348,22 +347,18 @@ def _up(settings: Settings, home: Path, *, ports: Ports | None, timeout: float, 
                      logs={k: str(v) for k, v in run.logs.items()})
         write_services(home, state)  # the bridge and register_all read it
 
-        if bridge and _have_module("deployments.bridge"):
+        if bridge:
             run.start("bridge", [sys.executable, "-m", "deployments.bridge", "--home", str(home)],
                       env, cwd=PROJECT_ROOT)
             _wait_stays_up(run, "bridge", seconds=2.0)
             timings["bridge"] = time.monotonic() - t0
-        elif bridge:
-            echo("warning: deployments.bridge does not exist yet: the bridge is not started")
         state.update(pids=run.pids(), started=run.started(),
                      logs={k: str(v) for k, v in run.logs.items()})
         write_services(home, state)
 
-        if register and _have_module("deployments.register"):
+        if register:
             _register(settings, state)
             timings["deployments"] = time.monotonic() - t0
-        elif register:
-            echo("warning: deployments.register does not exist yet: no deployments registered")
     except BaseException:
         run.stop_all()
         clear_services(home)
@@ -389,12 +384,6 @@ def _write_json(path: Path, data: dict) -> None:
     tmp.write_text(json.dumps(data))
     os.replace(tmp, path)
 
-
-def _have_module(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:
-        return False
 
 
 def _wait_stays_up(run: _Launcher, name: str, seconds: float) -> float:

@@ -36,13 +36,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     for module in dict.fromkeys(COMMANDS.values()):  # each module once, in order
         if only and COMMANDS[only] != module:
             continue
-        try:
-            mod = importlib.import_module(f"tomopipe.commands.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith("tomopipe.commands"):
-                continue  # not built yet
-            raise
-        mod.add_parser(sub)
+        importlib.import_module(f"tomopipe.commands.{module}").add_parser(sub)
     return parser
 
 

@@ -32,8 +32,9 @@ def open_scan(path: str | os.PathLike, *, data_path: str | None = None,
     Darks are optional: a scan without darks is accepted, its darks are treated as zeros by
     ``read_slab``, and ``extra["darks"]`` records that. Flats are required.
 
-    ``identity`` is the file's SHA-256 (``checksum=False`` skips reading the whole file); when
-    frames lie in other files reached through external links, it covers those files too.
+    ``identity`` is the file's BLAKE3 checksum (``checksum=False`` skips reading the whole
+    file); when frames lie in other files reached through external links, it covers those files
+    too.
     """
     label = os.fspath(path)
     with open_h5(label) as f:

@@ -17,7 +17,6 @@ import blake3
 BLOCK_SIZE = 8 * 1024 * 1024  # large reads keep the disk streaming and the hash loop cheap
 DEFAULT_ALGORITHM = "blake3"
 ALGORITHMS = ("blake3", "sha256")
-ALGORITHM = "sha256"  # kept for callers of file_sha256 / format_checksum (the older default)
 
 
 def new_hasher(algorithm: str = DEFAULT_ALGORITHM):
@@ -30,7 +29,7 @@ def new_hasher(algorithm: str = DEFAULT_ALGORITHM):
                      f"(one of {', '.join(ALGORITHMS)})")
 
 
-def format_checksum(hex_digest: str, algorithm: str = ALGORITHM) -> str:
+def format_checksum(hex_digest: str, algorithm: str) -> str:
     return f"{algorithm}:{hex_digest}"
 
 

@@ -38,15 +38,6 @@ class ManifestEntry:
         return (self.size, self.mtime_ns, self.checksum) == (other.size, other.mtime_ns,
                                                              other.checksum)
 
-    def unchanged_on_disk(self) -> bool:
-        """Size and mtime still what the manifest saw (cheap; the checksum is checked on copy)."""
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return False
-        return st.st_size == self.size and st.st_mtime_ns == self.mtime_ns
-
-
 @dataclass
 class Manifest:
     run_uid: str
@@ -222,20 +213,6 @@ def manifest_from_documents(docs: Iterable[tuple[str, dict]], roots: Iterable[st
                               "(no StreamResource or Resource documents)")
     return build_manifest(files, run_uid=uid, roots=roots, run_stopped=stopped,
                           settle_s=settle_s, algorithm=algorithm)
-
-
-def wait_until_complete(docs_fn, roots, *, run_uid: str | None = None, timeout_s: float = 600.0,
-                        interval_s: float = 2.0) -> Manifest:
-    """Restage until the manifest is complete (run stopped, every file stable) or time runs out.
-
-    ``docs_fn()`` returns the run's documents as seen now (the run may still be going).
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        manifest = manifest_from_documents(docs_fn(), roots, run_uid=run_uid)
-        if manifest.complete or time.monotonic() >= deadline:
-            return manifest
-        time.sleep(interval_s)
 
 
 def changed_entries(old: Manifest | None, new: Manifest) -> list[ManifestEntry]:

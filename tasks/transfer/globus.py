@@ -24,7 +24,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 import globus_sdk
 
@@ -357,8 +357,3 @@ def _event_text(events: list[dict]) -> str:
     shown = "; ".join(f"{e.get('code')}: {e.get('description', '')} {e.get('details', '')}"
                       .strip() for e in events[:3])
     return f" [service events: {shown}]"
-
-
-def results_destination(volume_dir: str | Path, site_path: str | Path) -> Path:
-    """Where a published volume directory lands under a results path (its name kept)."""
-    return Path(site_path) / Path(volume_dir).name

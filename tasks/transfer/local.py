@@ -109,17 +109,6 @@ def copy_blocks(src_fd: int, dst_fd: int, block_size: int = BLOCK_SIZE) -> Itera
         yield n
 
 
-def kernel_copy(src_fd: int, dst_fd: int, *, block_size: int = BLOCK_SIZE,
-                on_block: Callable[[int], None] | None = None) -> int:
-    """Copy src to dst (from their current offsets to EOF) inside the kernel; bytes copied."""
-    total = 0
-    for n in copy_blocks(src_fd, dst_fd, block_size):
-        total += n
-        if on_block is not None:
-            on_block(total)
-    return total
-
-
 READBACKS = ("read", "mmap")
 HASH_BUFFER = 1024 * 1024  # stays in the L2 cache between the read and the hash
 

@@ -19,7 +19,6 @@ Only small things (paths, manifests, reports) cross these tasks; file bytes neve
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -71,12 +70,6 @@ def stage_run(docs: list, data_roots: list, run_uid: str | None = None,
     get_run_logger().info("staged run %s: %d files, %d bytes, complete=%s", manifest.run_uid,
                           len(manifest.entries), manifest.total_bytes, manifest.complete)
     return manifest
-
-
-@task(name="save-manifest")
-def save_manifest(manifest: Manifest, path: str | os.PathLike) -> str:
-    """Save the manifest (e.g. next to the volume's provenance)."""
-    return str(manifest.save(Path(path)))
 
 
 @task(name="move-run-data", retries=1, retry_delay_seconds=30)
