@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -28,6 +31,7 @@ from tasks.storage.omezarr import is_complete, read_provenance
 from tomopipe.cli import main as cli
 
 SIZE, ROWS, ANGLES = 32, 8, 45
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _simulate(home, state, **kw):
@@ -184,7 +188,6 @@ def test_volume_goes_back_to_results_to(e2_services, tmp_path):  # noqa: F811
 
     import yaml
 
-    from flows.single_run import single_run
     from infra.datasets import make_phantom_scan, write_dxchange
 
     home, results = tmp_path / "home", tmp_path / "results"
@@ -197,8 +200,17 @@ def test_volume_goes_back_to_results_to(e2_services, tmp_path):  # noqa: F811
     scan = make_phantom_scan(SIZE, ROWS, ANGLES, seed=4)
     path = tmp_path / "scan.h5"
     write_dxchange(path, scan["projections"], scan["flats"], scan["darks"], scan["angles_deg"])
-    result = single_run(path=str(path), params={"center": float(scan["center"])}, workers=0,
-                        home=str(home))
+    # In a process of its own: the transfer's concurrency slots go through a Prefect service
+    # that stays bound, for the life of a process, to the first API it used, and later test
+    # modules of this process use other (test-harness) servers.
+    code = ("import json, sys; from flows.single_run import single_run; "
+            "print(json.dumps(single_run(path=sys.argv[1], params={'center': float(sys.argv[2])},"
+            " workers=0, home=sys.argv[3])))")
+    proc = subprocess.run([sys.executable, "-c", code, str(path), str(scan["center"]),
+                           str(home)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PREFECT_API_URL": state["prefect_api"]})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
     out = Path(result["output"])
     assert "results_back_error" not in result
     copy = Path(result["results_back"]) / out.name
