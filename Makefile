@@ -36,7 +36,7 @@ test: install lint
 	$(BIN)/pytest -q -ra
 
 demo: install
-	$(BIN)/python -m infra.demo
+	$(BIN)/python -m tomopipe.infra.demo
 
 down: install
 	$(BIN)/tomopipe down

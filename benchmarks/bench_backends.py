@@ -26,9 +26,13 @@ import tracemalloc
 import numpy as np
 import psutil
 import scipy.fft
-
-from tasks.phantom import DEFAULT_FEATURES, phantom_projections, phantom_volume, scale_features
-from tasks.recon.backends import available_backends, get_backend
+from tomopipe.tasks.phantom import (
+    DEFAULT_FEATURES,
+    phantom_projections,
+    phantom_volume,
+    scale_features,
+)
+from tomopipe.tasks.recon.backends import available_backends, get_backend
 
 
 class PeakRSS:

@@ -23,12 +23,11 @@ import time
 from pathlib import Path
 
 from distributed import Client, LocalCluster
-
-from infra.datasets import make_phantom_scan, write_dxchange
-from tasks.recon.engine import reconstruct
-from tasks.recon.params import ReconParams
-from tasks.sources import open_scan
-from tasks.storage.omezarr import read_provenance
+from tomopipe.infra.datasets import make_phantom_scan, write_dxchange
+from tomopipe.tasks.recon.engine import reconstruct
+from tomopipe.tasks.recon.params import ReconParams
+from tomopipe.tasks.sources import open_scan
+from tomopipe.tasks.storage.omezarr import read_provenance
 
 MiB = 2**20
 

@@ -45,8 +45,9 @@ def live_flow_run(api: str, uid: str, timeout: float) -> dict:
 
 def measure(home: Path, state: dict, *, size: int, rows: int, angles: int, fps: float | None,
             timeout: float) -> dict:
-    from infra.simulator.run import simulate
-    from tasks import catalog_writeback, runs
+    from tomopipe.infra.simulator.run import simulate
+    from tomopipe.tasks import catalog_writeback, runs
+
     from tomopipe.config import load_settings
 
     uid = simulate(load_settings(home), size=size, rows=rows, angles=angles, fps=fps,
@@ -119,13 +120,14 @@ def main(argv=None) -> int:
     p.add_argument("--up", action="store_true", help="start the services of the home first")
     args = p.parse_args(argv)
 
-    from tasks.runs import services_of
+    from tomopipe.tasks.runs import services_of
+
     from tomopipe.config import home as default_home
     from tomopipe.config import load_settings
 
     home = default_home()
     if args.up:
-        from infra import services
+        from tomopipe.infra import services
 
         services.up(load_settings(home))
     state = services_of(home)

@@ -37,8 +37,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.staging.manifest import build_manifest  # noqa: E402
-from tasks.transfer.local import LocalMover  # noqa: E402
+from tomopipe.tasks.staging.manifest import build_manifest  # noqa: E402
+from tomopipe.tasks.transfer.local import LocalMover  # noqa: E402
 
 # contender -> the cp it is compared with (same durability when it returns)
 BASELINE = {"mover, page-cache verify, no fsync": "cp",

@@ -9,7 +9,7 @@ cannot take a run's document (Tiled down), the run is stalled: its documents go 
 journal only, its events wait, and every retry period the bridge tries to write the run again
 from the journal; once that works the run goes on as if nothing had happened.
 
-Run it as ``python -m deployments.bridge --home H`` (``tomopipe up`` does).
+Run it as ``python -m tomopipe.deployments.bridge --home H`` (``tomopipe up`` does).
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ import threading
 import time
 from pathlib import Path
 
-from deployments.events import START, STOP, run_resource, start_payload, stop_payload
-from deployments.ledger import Journal, Ledger, Spool
+from tomopipe.deployments.events import START, STOP, run_resource, start_payload, stop_payload
+from tomopipe.deployments.ledger import Journal, Ledger, Spool
+
 from tomopipe.errors import InputError
 
 log = logging.getLogger("tomopipe.bridge")
@@ -247,7 +248,7 @@ class Bridge:
 
     def reconcile(self, catalog, lookback_s: float = 86400.0) -> list[tuple[str, str]]:
         """Emit the events missing for recent runs of the catalog; returns what it emitted."""
-        from tasks.runs import recent_runs, run_metadata
+        from tomopipe.tasks.runs import recent_runs, run_metadata
 
         emitted = []
         for uid in recent_runs(catalog, lookback_s):
@@ -272,10 +273,11 @@ class Bridge:
 # -- the process -------------------------------------------------------------------------------
 def build(home: Path, *, writer_on: bool = True, kafka: dict | None = None):
     """(bridge, subscriber, catalog) for the services of ``home``."""
-    from deployments.bus import KafkaSubscriber, ZmqSubscriber
-    from deployments.catalog_writer import CatalogWriter, NullWriter
-    from deployments.events import PrefectEmitter
-    from tasks.runs import connect_catalog, services_of
+    from tomopipe.deployments.bus import KafkaSubscriber, ZmqSubscriber
+    from tomopipe.deployments.catalog_writer import CatalogWriter, NullWriter
+    from tomopipe.deployments.events import PrefectEmitter
+    from tomopipe.tasks.runs import connect_catalog, services_of
+
     from tomopipe.config import load_settings
 
     settings = load_settings(home)
@@ -294,7 +296,8 @@ def build(home: Path, *, writer_on: bool = True, kafka: dict | None = None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deployments.bridge", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tomopipe.deployments.bridge",
+                                     description=__doc__)
     parser.add_argument("--home", type=Path, default=None, help="TOMOPIPE_HOME of the services")
     parser.add_argument("--no-writer", action="store_true",
                         help="do not write documents to the catalog (a facility writer does)")
@@ -308,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
-    from tasks.runs import services_of
+    from tomopipe.tasks.runs import services_of
+
     from tomopipe.config import home as default_home
 
     home = (args.home or default_home()).resolve()
@@ -359,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             bridge.retry_stalled()  # runs a catalog that was down could not take
             bridge.retry_unsent()  # events a Prefect server that was down could not take
             next_check = time.monotonic() + args.retry_every
-    from deployments.events import PrefectEmitter
+    from tomopipe.deployments.events import PrefectEmitter
 
     PrefectEmitter.flush()
     log.info("bridge stopped: %d documents handled, %d skipped", bridge.handled, bridge.skipped)

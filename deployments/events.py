@@ -20,7 +20,7 @@ _ID_NAMESPACE = uuid.UUID("5b0e3c1e-7d1a-4c59-9a31-2f1f3e0c7a11")
 
 def run_resource(start: dict, *, beamline: str, tomo_plans) -> dict[str, str]:
     """Resource labels of a run (all strings, as Prefect requires)."""
-    from tasks.sources.bluesky_run import is_tomo_run
+    from tomopipe.tasks.sources.bluesky_run import is_tomo_run
 
     plan = str(start.get("plan_name", ""))
     return {

@@ -1,7 +1,7 @@
 """Register the deployments of ``prefect.yaml`` on the home's Prefect server.
 
 ``register_all(settings, state)`` creates or updates each deployment (on the ``tomopipe``
-process work pool, run from the repository root, with its schedules), replaces
+process work pool, its flow imported by module name, with its schedules), replaces
 its trigger automations, and deletes what is stale: deployments of our flows no longer in the
 file and their automations (deleting a deployment leaves its automations behind, so they are
 deleted explicitly first).
@@ -14,19 +14,18 @@ from pathlib import Path
 
 import yaml
 
+import tomopipe
 from tomopipe.config import Settings
 from tomopipe.errors import ConfigError
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-PREFECT_YAML = PROJECT_ROOT / "prefect.yaml"
-ROOT_PLACEHOLDER = "{{ $TOMOPIPE_PROJECT_ROOT }}"
+# Installed with the package (a link to the top-level prefect.yaml in a checkout).
+PREFECT_YAML = Path(tomopipe.__file__).resolve().parent / "prefect.yaml"
 
 
-def load_spec(path: Path = PREFECT_YAML, root: Path = PROJECT_ROOT) -> dict:
-    """prefect.yaml with the project root filled in."""
+def load_spec(path: Path = PREFECT_YAML) -> dict:
+    """The deployments of prefect.yaml."""
     try:
-        text = path.read_text().replace(ROOT_PLACEHOLDER, str(root))
-        spec = yaml.safe_load(text)
+        spec = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read the deployments: {exc}") from exc
     if not isinstance(spec, dict) or not isinstance(spec.get("deployments"), list):
@@ -59,21 +58,12 @@ async def _delete_orphan_automations(client) -> list[str]:
     return deleted
 
 
-def module_entrypoint(entrypoint: str) -> str:
-    """``flows/live.py:live_run`` -> ``flows.live:live_run``: the form Prefect imports as a
-    module (the fork server has it imported already) rather than executing the file anew."""
-    path, _, name = entrypoint.partition(":")
-    return f"{path.removesuffix('.py').replace('/', '.')}:{name}"
-
-
 def _job_variables(settings: Settings, state: dict, entrypoint: str) -> dict:
-    """What a flow-run process gets. PREFECT__FLOW_ENTRYPOINT and working_dir let the engine
-    load the flow directly: without them it reads the deployment and runs its pull step
-    first, two API round trips and ~0.3 s before the run turns RUNNING."""
-    return {"working_dir": str(PROJECT_ROOT),
-            "env": {"TOMOPIPE_HOME": str(settings.home), "PREFECT_API_URL": state["prefect_api"],
-                    "TOMOPIPE_PROJECT_ROOT": str(PROJECT_ROOT),
-                    "PREFECT__FLOW_ENTRYPOINT": module_entrypoint(entrypoint)}}
+    """What a flow-run process gets. PREFECT__FLOW_ENTRYPOINT (the flow's module, which the
+    fork server has imported already) lets the engine load the flow directly: without it it
+    reads the deployment first, an API round trip before the run turns RUNNING."""
+    return {"env": {"TOMOPIPE_HOME": str(settings.home), "PREFECT_API_URL": state["prefect_api"],
+                    "PREFECT__FLOW_ENTRYPOINT": entrypoint}}
 
 
 def _schedules(deployment: dict) -> list:
@@ -97,8 +87,7 @@ async def _register(settings: Settings, state: dict, spec: dict) -> dict:
     from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
     from prefect.flows import load_flow_from_entrypoint
     from prefect.utilities.callables import parameter_schema
-
-    from deployments.triggers import build_triggers
+    from tomopipe.deployments.triggers import build_triggers
 
     pull = spec.get("pull") or []
     registered: dict[str, str] = {}
@@ -106,7 +95,7 @@ async def _register(settings: Settings, state: dict, spec: dict) -> dict:
         for d in spec["deployments"]:
             entry = d["entrypoint"]
             try:
-                flow = load_flow_from_entrypoint(str(PROJECT_ROOT / entry))
+                flow = load_flow_from_entrypoint(entry)
             except Exception as exc:
                 raise ConfigError(f"prefect.yaml: deployment {d['name']!r}: cannot load "
                                   f"{entry}: {exc}") from exc
@@ -116,7 +105,7 @@ async def _register(settings: Settings, state: dict, spec: dict) -> dict:
                 flow_id=flow_id, name=d["name"], entrypoint=entry, work_pool_name=pool,
                 description=d.get("description"), parameters=d.get("parameters") or {},
                 parameter_openapi_schema=parameter_schema(flow).model_dump_for_openapi(),
-                pull_steps=d.get("pull") or pull, path=str(PROJECT_ROOT),
+                pull_steps=d.get("pull") or pull,
                 job_variables={**_job_variables(settings, state, entry),
                                **((d.get("work_pool") or {}).get("job_variables") or {})},
                 schedules=_schedules(d),

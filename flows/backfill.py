@@ -13,11 +13,11 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
+from tomopipe.flows.single_run import reconstruct_scan, record_unexpected
+from tomopipe.tasks import catalog_writeback
+from tomopipe.tasks.recon_tasks import already_done, recon_params, record_state, run_output
+from tomopipe.tasks.run_tasks import find_runs, home_of, resolve_run
 
-from flows.single_run import reconstruct_scan, record_unexpected
-from tasks import catalog_writeback
-from tasks.recon_tasks import already_done, recon_params, record_state, run_output
-from tasks.run_tasks import find_runs, home_of, resolve_run
 from tomopipe.config import load_settings
 from tomopipe.errors import InputError, TomopipeError
 

@@ -7,10 +7,10 @@ A run that aborts or fails ends this flow Failed with the run's reason, and make
 from __future__ import annotations
 
 from prefect import flow
+from tomopipe.flows.single_run import fail, reconstruct_scan, record_unexpected
+from tomopipe.tasks.recon_tasks import record_state
+from tomopipe.tasks.run_tasks import RunFailed, follow_run, resolve_run
 
-from flows.single_run import fail, reconstruct_scan, record_unexpected
-from tasks.recon_tasks import record_state
-from tasks.run_tasks import RunFailed, follow_run, resolve_run
 from tomopipe.errors import TomopipeError
 
 

@@ -6,7 +6,7 @@ not changed since, and its copy is verified now (local: checksum read again; Glo
 verified by the service in the recorded task). Everything else is kept, with the reason.
 
 ``tomopipe up`` registers it to run daily at 03:00 (``prefect.yaml``); without the services,
-``python -m flows.retention`` serves it on the same schedule. Each run leaves a Markdown
+``python -m tomopipe.flows.retention`` serves it on the same schedule. Each run leaves a Markdown
 artifact per site listing what it deleted and what it kept and why.
 """
 
@@ -15,10 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from tomopipe.tasks.transfer.ledger import ledger_dir
+from tomopipe.tasks.transfer.retention import RetentionReport, apply_retention
+from tomopipe.tasks.transfer.sites import load_transfer_config
 
-from tasks.transfer.ledger import ledger_dir
-from tasks.transfer.retention import RetentionReport, apply_retention
-from tasks.transfer.sites import load_transfer_config
 from tomopipe.errors import ConfigError
 
 __all__ = ["RetentionReport", "apply_retention", "retention_flow"]

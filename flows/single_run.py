@@ -11,16 +11,16 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.states import Failed
-
-from tasks.recon_tasks import (
+from tomopipe.tasks.recon_tasks import (
     output_for,
     publish,
     recon_params,
     reconstruct_volume,
     record_state,
 )
-from tasks.run_tasks import home_of, resolve_file, resolve_run, stage
-from tasks.sources.spec import ScanSpec
+from tomopipe.tasks.run_tasks import home_of, resolve_file, resolve_run, stage
+from tomopipe.tasks.sources.spec import ScanSpec
+
 from tomopipe.config import load_settings
 from tomopipe.errors import InputError, TomopipeError
 
@@ -29,7 +29,7 @@ def default_compute(home: Path, workers: int | None, scheduler: str | None):
     """The Dask scheduler of the home's services when there is one, else a local cluster."""
     if scheduler or workers is not None:
         return workers, scheduler
-    from infra.state import read_services
+    from tomopipe.infra.state import read_services
 
     state = read_services(home) or {}
     return None, state.get("dask_scheduler")
@@ -65,9 +65,9 @@ def results_back(settings, volume: str, source: str) -> dict:
     failed ``move-results-back`` task and in the returned ``results_back_error``, not as a
     failed reconstruction.
     """
-    from tasks.transfer.base import TransferError
-    from tasks.transfer.prefect_tasks import move_results_back
-    from tasks.transfer.sites import load_transfer_config
+    from tomopipe.tasks.transfer.base import TransferError
+    from tomopipe.tasks.transfer.prefect_tasks import move_results_back
+    from tomopipe.tasks.transfer.sites import load_transfer_config
 
     cfg = load_transfer_config(settings)
     if not cfg.transfer.results_to:

@@ -14,8 +14,12 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-
-from tasks.phantom import DEFAULT_FEATURES, phantom_projections, phantom_volume, scale_features
+from tomopipe.tasks.phantom import (
+    DEFAULT_FEATURES,
+    phantom_projections,
+    phantom_volume,
+    scale_features,
+)
 
 DARK_LEVEL = 100.0  # counts the detector reads with the shutter closed
 REFERENCE_N = 512  # DEFAULT_FEATURES are sized for n = 512

@@ -40,7 +40,7 @@ def _wait_for_run(uid: str, timeout: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infra.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tomopipe.infra.demo", description=__doc__)
     parser.add_argument("--size", type=int, default=256, help="detector width in pixels")
     parser.add_argument("--rows", type=int, default=32, help="detector rows")
     parser.add_argument("--angles", type=int, default=360, help="projections over 180 degrees")

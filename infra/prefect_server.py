@@ -1,5 +1,5 @@
-"""The embedded Prefect server: ``python -m infra.prefect_server ARGS`` runs ``prefect ARGS``
-(``server start ...``) with SQLite write transactions that wait for each other.
+"""The embedded Prefect server: ``python -m tomopipe.infra.prefect_server ARGS`` runs
+``prefect ARGS`` (``server start ...``) with SQLite write transactions that wait for each other.
 
 Prefect opens SQLite transactions as ``BEGIN DEFERRED`` unless a caller asks for a row lock. A
 deferred transaction that reads, then writes while another connection holds the write lock

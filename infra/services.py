@@ -9,8 +9,9 @@
   (infra/wakeup.py), polling every 5 s as a fallback;
 - ``zmq_proxy``: bluesky's 0MQ proxy, the document bus (pickle serializer, loopback only);
 - ``tiled``: a Tiled catalog server that stores Bluesky runs and reads the data roots;
-- ``bridge``: ``python -m deployments.bridge --home H`` (documents -> catalog + Prefect events),
-  started after the state file is written, because it reads the addresses from there;
+- ``bridge``: ``python -m tomopipe.deployments.bridge --home H`` (documents -> catalog +
+  Prefect events), started after the state file is written, because it reads the addresses
+  from there;
 
 then registers the deployments (``deployments.register.register_all(settings, state)``) and
 writes the state file (``infra.state``). Everything lives under the home, so two homes run side
@@ -18,9 +19,9 @@ by side on different ports.
 
 State keys: prefect_api (http://127.0.0.1:P/api), prefect_ui, prefect_home, work_pool, zmq_in,
 zmq_out (tcp://127.0.0.1:PORT), zmq_serializer ("pickle"), tiled (http://127.0.0.1:T),
-tiled_api_key, data_root (the first of data_roots), data_roots, output_root, home, project_root
-(the worker's working directory), pids and started ({service: pid / process start time}), logs
-({service: path}), startup_seconds and startup_timings (seconds from start to each one healthy).
+tiled_api_key, data_root (the first of data_roots), data_roots, output_root, home, pids and started
+({service: pid / process start time}), logs ({service: path}), startup_seconds and startup_timings
+(seconds from start to each one healthy).
 """
 
 from __future__ import annotations
@@ -39,10 +40,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+from tomopipe.infra import processes, tiled_server
+from tomopipe.infra.processes import LOOPBACK
+from tomopipe.infra.state import clear_services, read_services, write_services
 
-from infra import processes, tiled_server
-from infra.processes import LOOPBACK
-from infra.state import clear_services, read_services, write_services
 from tomopipe.config import Settings
 from tomopipe.errors import ConfigError, ServiceError
 
@@ -50,7 +51,6 @@ WORK_POOL = "tomopipe"
 SERIALIZER = "pickle"
 # Start order; down stops them in reverse.
 SERVICES = ("prefect", "worker", "zmq_proxy", "tiled", "bridge")
-PROJECT_ROOT = Path(__file__).resolve().parents[1]  # where flows/ and prefect.yaml live
 STARTING_FILE = "services.starting.json"  # pids of an `up` in progress
 
 # The worker is woken by the server's event stream when a run of its pool is scheduled
@@ -306,7 +306,6 @@ def _up(settings: Settings, home: Path, *, ports: Ports | None, timeout: float, 
         "data_root": str(data_roots[0]),
         "data_roots": [str(r) for r in data_roots],
         "output_root": str(settings.output_root),
-        "project_root": str(PROJECT_ROOT),
     }
     env = base_env(home, prefect_api)
     run = _Launcher(home)
@@ -314,14 +313,16 @@ def _up(settings: Settings, home: Path, *, ports: Ports | None, timeout: float, 
     t0 = time.monotonic()
     try:
         # The three servers start together; each takes seconds to import and initialise.
-        run.start("prefect", [sys.executable, "-m", "infra.prefect_server", "server", "start",
-                              "--host", LOOPBACK, "--port", str(ports.prefect)],
-                  base_env(home, None), cwd=PROJECT_ROOT)
+        # The UI asks /ui-settings where the API is; without PREFECT_UI_API_URL it says
+        # Prefect's default port, not this server's, and the page cannot connect.
+        run.start("prefect", [sys.executable, "-m", "tomopipe.infra.prefect_server", "server",
+                              "start", "--host", LOOPBACK, "--port", str(ports.prefect)],
+                  {**base_env(home, None), "PREFECT_UI_API_URL": prefect_api}, cwd=home)
         # The worker imports Prefect meanwhile and starts when the server answers; it creates
         # the process work pool when it is absent.
-        run.start("worker", [sys.executable, "-m", "infra.worker_server", "--pool", WORK_POOL,
-                             "--name", f"tomopipe-{ports.prefect}"],
-                  {**env, **WORKER_ENV}, cwd=PROJECT_ROOT)
+        run.start("worker", [sys.executable, "-m", "tomopipe.infra.worker_server",
+                             "--pool", WORK_POOL, "--name", f"tomopipe-{ports.prefect}"],
+                  {**env, **WORKER_ENV}, cwd=home)
         run.start("zmq_proxy", [_exe("bluesky-0MQ-proxy"), "--in-address", state["zmq_in"],
                                 "--out-address", state["zmq_out"]], env)
         config = tiled_server.write_config(home, data_roots, state["tiled_api_key"])
@@ -348,8 +349,9 @@ def _up(settings: Settings, home: Path, *, ports: Ports | None, timeout: float, 
         write_services(home, state)  # the bridge and register_all read it
 
         if bridge:
-            run.start("bridge", [sys.executable, "-m", "deployments.bridge", "--home", str(home)],
-                      env, cwd=PROJECT_ROOT)
+            run.start("bridge", [sys.executable, "-m", "tomopipe.deployments.bridge",
+                                 "--home", str(home)],
+                      env, cwd=home)
             _wait_stays_up(run, "bridge", seconds=2.0)
             timings["bridge"] = time.monotonic() - t0
         state.update(pids=run.pids(), started=run.started(),
@@ -402,8 +404,7 @@ def _register(settings: Settings, state: dict) -> None:
     """Register the deployments against this home's server (not any other PREFECT_API_URL)."""
     with _environ(PREFECT_API_URL=state["prefect_api"], PREFECT_HOME=state["prefect_home"]):
         from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
-
-        from deployments.register import register_all
+        from tomopipe.deployments.register import register_all
 
         with temporary_settings({PREFECT_API_URL: state["prefect_api"],
                                  PREFECT_HOME: Path(state["prefect_home"])}):

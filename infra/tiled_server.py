@@ -14,8 +14,7 @@ import secrets
 from pathlib import Path
 
 import yaml
-
-from infra.processes import http_ok
+from tomopipe.infra.processes import http_ok
 
 CATALOG_SPEC = "CatalogOfBlueskyRuns"
 

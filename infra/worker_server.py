@@ -1,5 +1,5 @@
 """Start a Prefect process worker as soon as its server answers:
-``python -m infra.worker_server --pool POOL [--name NAME]``.
+``python -m tomopipe.infra.worker_server --pool POOL [--name NAME]``.
 
 Importing Prefect takes seconds on a small machine, so ``tomopipe up`` starts this together
 with the server: the import overlaps the server's own start-up, and the worker begins the
@@ -8,8 +8,8 @@ process``, plus infra/wakeup.py, which makes it poll the moment a run of its poo
 (so it can poll slowly the rest of the time).
 
 It also starts the flow-run fork server (infra/zygote.py) on ``$TOMOPIPE_HOME/zygote.sock``
-unless TOMOPIPE_ZYGOTE=0: the deployments' command, ``python -m infra.zygote_client``, finds it
-through TOMOPIPE_ZYGOTE_SOCKET, which the flow-run processes inherit from this worker.
+unless TOMOPIPE_ZYGOTE=0: the deployments' command, ``python -m tomopipe.infra.zygote_client``,
+finds it through TOMOPIPE_ZYGOTE_SOCKET, which the flow-run processes inherit from this worker.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ def start_zygote() -> subprocess.Popen | None:
         return None
     path = os.path.join(home, "zygote.sock")
     os.environ["TOMOPIPE_ZYGOTE_SOCKET"] = path
-    return subprocess.Popen([sys.executable, "-m", "infra.zygote", path], stdin=subprocess.DEVNULL)
+    return subprocess.Popen([sys.executable, "-m", "tomopipe.infra.zygote", path],
+                            stdin=subprocess.DEVNULL)
 
 
 def serve(pool: str, name: str | None) -> None:
@@ -52,8 +53,7 @@ def serve(pool: str, name: str | None) -> None:
     from prefect.settings import PREFECT_WORKER_HEARTBEAT_SECONDS, PREFECT_WORKER_PREFETCH_SECONDS
     from prefect.utilities.processutils import setup_signal_handlers_worker
     from prefect.workers.process import ProcessWorker
-
-    from infra.wakeup import run_worker
+    from tomopipe.infra.wakeup import run_worker
 
     # As `prefect worker start` does: a first SIGTERM/SIGINT stops taking runs, a second kills.
     setup_signal_handlers_worker(os.getpid(), "the process worker", print)
@@ -64,7 +64,7 @@ def serve(pool: str, name: str | None) -> None:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m infra.worker_server", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m tomopipe.infra.worker_server", description=__doc__)
     p.add_argument("--pool", required=True, help="work pool (created as a process pool if absent)")
     p.add_argument("--name", help="worker name shown in the UI (default: Prefect picks one)")
     args = p.parse_args(argv)

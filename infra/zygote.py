@@ -1,4 +1,4 @@
-"""A fork server for flow runs: ``python -m infra.zygote SOCKET_PATH``.
+"""A fork server for flow runs: ``python -m tomopipe.infra.zygote SOCKET_PATH``.
 
 A flow-run process must import Prefect, NumPy, Dask, h5py, zarr and our flows before its run can
 turn RUNNING: seconds, or 10-15 s on a loaded machine. This server imports them once, then for
@@ -32,7 +32,7 @@ import time
 import traceback
 import warnings
 
-from infra.zygote_client import ENGINE_MODULE, HEADER, REPLY
+from tomopipe.infra.zygote_client import ENGINE_MODULE, HEADER, REPLY
 
 # What `python -m prefect.engine` imports before a run of ours turns RUNNING, then what our tasks
 # import lazily (measured by listing a child's new sys.modules at its exit). Not tiled.client:
@@ -42,11 +42,13 @@ PRELOAD = (
     "prefect.deployments.steps", "prefect.results", "prefect.task_engine",
     "prefect.utilities.visualization",
     "numpy", "h5py", "zarr", "dask.distributed",
-    "flows.live", "flows.single_run", "flows.backfill", "flows.retention",
-    "tasks.recon.engine", "tasks.recon.backends", "tasks.recon.slab", "tasks.preprocess.center",
-    "tasks.preprocess.normalize", "tasks.preprocess.stripes", "tasks.preprocess.zingers",
-    "tasks.preview", "tasks.sources.bluesky_run", "tasks.staging.scan", "tasks.transfer.movers",
-    "infra.cluster",
+    "tomopipe.flows.live", "tomopipe.flows.single_run", "tomopipe.flows.backfill",
+    "tomopipe.flows.retention", "tomopipe.tasks.recon.engine", "tomopipe.tasks.recon.backends",
+    "tomopipe.tasks.recon.slab", "tomopipe.tasks.preprocess.center",
+    "tomopipe.tasks.preprocess.normalize", "tomopipe.tasks.preprocess.stripes",
+    "tomopipe.tasks.preprocess.zingers", "tomopipe.tasks.preview",
+    "tomopipe.tasks.sources.bluesky_run", "tomopipe.tasks.staging.scan",
+    "tomopipe.tasks.transfer.movers", "tomopipe.infra.cluster",
 )
 MAX_REQUEST = 16 << 20
 ORPHAN_GRACE_S = 10.0  # SIGTERM, then SIGKILL, for a child whose client vanished
@@ -284,7 +286,7 @@ class Zygote:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        sys.exit("usage: python -m infra.zygote SOCKET_PATH")
+        sys.exit("usage: python -m tomopipe.infra.zygote SOCKET_PATH")
     t0 = time.monotonic()
     failed = preload()
     log(f"preloaded in {time.monotonic() - t0:.1f} s" + (f"; failed: {failed}" if failed else ""))

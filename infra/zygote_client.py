@@ -1,4 +1,4 @@
-"""Start a flow run through the zygote: ``python -m infra.zygote_client [FLOW_RUN_ID]``.
+"""Start a flow run through the zygote: ``python -m tomopipe.infra.zygote_client [FLOW_RUN_ID]``.
 
 The process worker runs this in place of ``python -m prefect.engine`` (prefect.yaml sets it as the
 deployments' ``command``). It hands its environment, working directory, argv and stdin/stdout/

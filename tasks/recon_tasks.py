@@ -21,16 +21,14 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from tomopipe.tasks import catalog_writeback
+from tomopipe.tasks.recon.params import ReconParams, output_key
+from tomopipe.tasks.run_tasks import RETRY, home_of
+from tomopipe.tasks.sources.spec import ScanSpec
 
-from tasks import catalog_writeback
-from tasks.recon.params import ReconParams, output_key
-from tasks.run_tasks import RETRY, home_of
-from tasks.sources.spec import ScanSpec
 from tomopipe import __version__
 from tomopipe.config import Settings
 from tomopipe.errors import ConfigError
-
-PREVIEW_INLINE_MAX = 300_000  # bytes of PNG embedded in the markdown artifact
 
 
 def recon_params(settings: Settings, overrides: dict | None = None) -> ReconParams:
@@ -64,7 +62,7 @@ def run_output(settings: Settings, uid: str, params: ReconParams) -> tuple[Path,
 
 
 def already_done(path: Path) -> bool:
-    from tasks.storage.omezarr import is_complete
+    from tomopipe.tasks.storage.omezarr import is_complete
 
     return is_complete(path)
 
@@ -74,7 +72,7 @@ def reconstruct_volume(spec: ScanSpec, params: ReconParams, out: str, *,
                        workers: int | None = None, scheduler: str | None = None,
                        overwrite: bool = False) -> dict:
     """Reconstruct with the engine, its slab progress shown as a progress artifact."""
-    from tasks.recon.engine import reconstruct
+    from tomopipe.tasks.recon.engine import reconstruct
 
     artifact = create_progress_artifact(0.0, description=f"reconstructing {spec.label}")
     state = {"last": 0.0}
@@ -100,7 +98,7 @@ def reconstruct_volume(spec: ScanSpec, params: ReconParams, out: str, *,
 def publish(home: str | None, source: str, plan_name: str | None, result: dict,
             params: ReconParams, timings: dict | None = None) -> dict:
     """Preview, artifacts and the result record of a finished reconstruction."""
-    from tasks.preview import write_preview
+    from tomopipe.tasks.preview import write_preview
 
     log = get_run_logger()
     h = home_of(home)
@@ -119,7 +117,8 @@ def publish(home: str | None, source: str, plan_name: str | None, result: dict,
     create_table_artifact([{"name": k, "value": str(v)} for k, v in figures.items()],
                           key=f"{artifact_key}-figures",
                           description=f"reconstruction of {source}")
-    create_image_artifact(png.as_uri(), key=f"{artifact_key}-preview",
+    # A data: URL, not file://: a browser refuses file:// images on an http:// page.
+    create_image_artifact(_png_data_url(png), key=f"{artifact_key}-preview",
                           description=f"orthogonal slices of {out.name}")
     create_markdown_artifact(_preview_markdown(source, out, png, figures),
                              key=f"{artifact_key}-summary",
@@ -140,10 +139,13 @@ def _artifact_key(source: str) -> str:
     return ("run-" + text.strip("-"))[:60].rstrip("-")
 
 
+def _png_data_url(png: Path) -> str:
+    """The PNG inline as a data: URL (previews are small: at most 512 px a plane)."""
+    return f"data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}"
+
+
 def _preview_markdown(source: str, out: Path, png: Path, figures: dict) -> str:
-    data = png.read_bytes()
-    image = (f"![preview](data:image/png;base64,{base64.b64encode(data).decode()})"
-             if len(data) <= PREVIEW_INLINE_MAX else f"[preview]({png.as_uri()})")
+    image = f"![preview]({_png_data_url(png)})"
     rows = "\n".join(f"| {k} | {v} |" for k, v in figures.items() if not k.startswith("param."))
     return (f"# {source}\n\n{image}\n\nVolume: [{out}]({out.as_uri()})\n\n"
             f"| figure | value |\n|---|---|\n{rows}\n")
@@ -151,7 +153,7 @@ def _preview_markdown(source: str, out: Path, png: Path, figures: dict) -> str:
 
 def _mirror(home: Path, source: str, row: dict) -> None:
     """Best-effort copy of the record into the catalog (runs only, not files)."""
-    from tasks import runs
+    from tomopipe.tasks import runs
 
     try:
         catalog = runs.catalog_for_home(home)

@@ -13,9 +13,9 @@ import httpx
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
+from tomopipe.tasks import runs
+from tomopipe.tasks.sources.spec import ScanSpec
 
-from tasks import runs
-from tasks.sources.spec import ScanSpec
 from tomopipe.config import load_settings
 from tomopipe.errors import InputError, ServiceError
 
@@ -49,7 +49,7 @@ def home_of(home: str | Path | None) -> Path:
 def find_runs(home: str | None = None, *, plan: str | None = None, since=None, until=None,
               sample: str | None = None, tomo_only: bool = True) -> list[dict]:
     """Runs of the catalog matching the criteria: [{uid, plan_name, start, stop}], oldest first."""
-    from tasks.sources.bluesky_run import is_tomo_run
+    from tomopipe.tasks.sources.bluesky_run import is_tomo_run
 
     h = home_of(home)
     settings = load_settings(h)
@@ -84,7 +84,7 @@ def follow_run(uid: str, home: str | None = None, *, poll_s: float = 0.25,
             time.sleep(poll_s)
     start, stop = runs.run_metadata(run)
     expected = _expected_frames(start)
-    from tasks import catalog_writeback
+    from tomopipe.tasks import catalog_writeback
 
     catalog_writeback.record(home_of(home), uid, "waiting", plan_name=start.get("plan_name"))
     artifact = create_progress_artifact(0.0, description=f"frames landed of run {uid}")
@@ -132,7 +132,7 @@ def _expected_frames(start: dict) -> int | None:
 @task(name="resolve-run", **RETRY)
 def resolve_run(uid: str, home: str | None = None) -> ScanSpec:
     """The run's ScanSpec from its documents in the catalog."""
-    from tasks.sources.bluesky_run import scan_from_documents
+    from tomopipe.tasks.sources.bluesky_run import scan_from_documents
 
     h = home_of(home)
     settings = load_settings(h)
@@ -143,7 +143,7 @@ def resolve_run(uid: str, home: str | None = None) -> ScanSpec:
 
 @task(name="resolve-file", **RETRY)
 def resolve_file(path: str, *, data_path: str | None = None) -> ScanSpec:
-    from tasks.sources import open_scan
+    from tomopipe.tasks.sources import open_scan
 
     return open_scan(path, data_path=data_path)
 
@@ -157,9 +157,9 @@ def stage(spec: ScanSpec, home: str | None = None) -> ScanSpec:
     verified there; with no destination configured the files are read in place. The manifest
     (and the transfer's summary) ride in ``spec.extra`` into the volume's provenance.
     """
-    from tasks.transfer.ledger import ledger_dir
-    from tasks.transfer.prefect_tasks import move_scan_data
-    from tasks.transfer.sites import load_transfer_config
+    from tomopipe.tasks.transfer.ledger import ledger_dir
+    from tomopipe.tasks.transfer.prefect_tasks import move_scan_data
+    from tomopipe.tasks.transfer.sites import load_transfer_config
 
     settings = load_settings(home_of(home))
     # The manifest resolves every path (under the data roots, for a run) and refuses missing

@@ -11,7 +11,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from infra.state import read_services
+from tomopipe.infra.state import read_services
+
 from tomopipe.errors import InputError, ServiceError
 
 log = logging.getLogger(__name__)

@@ -74,7 +74,7 @@ def services_home() -> Path:
 @pytest.fixture(scope="session")
 def services(services_home):
     """The state dict of this session's running services (see infra.state.read_services)."""
-    from infra.state import read_services
+    from tomopipe.infra.state import read_services
 
     proc = tomopipe_cli("up", f"--timeout={UP_TIMEOUT_S - 20}", home=services_home,
                         timeout=UP_TIMEOUT_S)

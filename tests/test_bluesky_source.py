@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from bluesky import RunEngine
 from ophyd.status import Status
+from tomopipe.infra.simulator.run import simulate
+from tomopipe.tasks.sources.bluesky_run import is_tomo_run, scan_from_documents
+from tomopipe.tasks.sources.spec import ScanSpec
 
-from infra.simulator.run import simulate
-from tasks.sources.bluesky_run import is_tomo_run, scan_from_documents
-from tasks.sources.spec import ScanSpec
 from tomopipe.config import load_settings
 from tomopipe.errors import InputError, PathEscapeError
 

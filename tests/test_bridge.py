@@ -25,10 +25,9 @@ from test_flows_support import (  # noqa: F401  (e2_services is a fixture)
     session_processes,
     wait_for,
 )
-
-from deployments.bridge import Bridge
-from deployments.events import START, STOP, event_id, run_resource
-from deployments.ledger import Journal, Ledger
+from tomopipe.deployments.bridge import Bridge
+from tomopipe.deployments.events import START, STOP, event_id, run_resource
+from tomopipe.deployments.ledger import Journal, Ledger
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -139,7 +138,7 @@ def test_restart_resumes_an_open_run_from_the_journal(tmp_path):
 
 
 def test_kafka_subscriber_constructs():
-    from deployments.bus import KafkaSubscriber
+    from tomopipe.deployments.bus import KafkaSubscriber
 
     # no broker can run here: construction only (the consumer connects lazily, and is closed)
     sub = KafkaSubscriber(["bluesky.documents"], "127.0.0.1:9", group_id="test")
@@ -155,7 +154,8 @@ def test_kafka_subscriber_constructs():
 # ------------------------------------------------------------------ with the real services
 
 def _sim_docs(home, size=32, rows=8, angles=45, **kw):
-    from infra.simulator.run import simulate
+    from tomopipe.infra.simulator.run import simulate
+
     from tomopipe.config import load_settings
 
     docs = []
@@ -173,7 +173,7 @@ def _ledger_events(home, uid):
 
 
 def _in_catalog_stopped(home, uid):
-    from tasks import runs
+    from tomopipe.tasks import runs
 
     catalog = runs.catalog_for_home(home)
     try:
@@ -218,13 +218,14 @@ def test_bridge_killed_mid_run_reconstructs_once(e2_services, session_processes)
     ready = Path(home) / "bridge" / "ready"
     ready.unlink(missing_ok=True)
     log = open(Path(home) / "logs" / "bridge-restarted.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "deployments.bridge", "--home", str(home)],
+    proc = subprocess.Popen([sys.executable, "-m", "tomopipe.deployments.bridge",
+                             "--home", str(home)],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     session_processes.append(proc)
     # record it as `tomopipe up` would, so `status` and later tests see a healthy home
-    from infra.processes import start_time
-    from infra.services import write_services
+    from tomopipe.infra.processes import start_time
+    from tomopipe.infra.services import write_services
 
     state.setdefault("pids", {})["bridge"] = proc.pid
     state.setdefault("started", {})["bridge"] = start_time(proc.pid)
@@ -236,8 +237,8 @@ def test_bridge_killed_mid_run_reconstructs_once(e2_services, session_processes)
     time.sleep(3)
     assert len(flow_runs(state, LIVE, uid)) == 1
     assert _ledger_events(home, uid) == {START, STOP}
-    from tasks import catalog_writeback
-    from tasks.storage.omezarr import is_complete
+    from tomopipe.tasks import catalog_writeback
+    from tomopipe.tasks.storage.omezarr import is_complete
 
     row = catalog_writeback.read_one(home, uid)
     assert row["state"] == "completed" and is_complete(row["output"])
@@ -247,7 +248,7 @@ def test_bridge_killed_mid_run_reconstructs_once(e2_services, session_processes)
 
 
 def test_spool_keeps_what_was_received_but_not_handled(tmp_path):
-    from deployments.ledger import Spool
+    from tomopipe.deployments.ledger import Spool
 
     spool = Spool(tmp_path)
     docs = _docs()
@@ -315,7 +316,7 @@ def test_stalled_run_waits_for_the_catalog_then_goes_on(tmp_path):
 
 
 def _serve_tiled(home, config, port, key):
-    from infra import processes, tiled_server
+    from tomopipe.infra import processes, tiled_server
 
     proc = processes.spawn(tiled_server.argv(str(Path(sys.executable).parent / "tiled"), config,
                                              port), env=dict(os.environ),
@@ -329,9 +330,10 @@ def _serve_tiled(home, config, port, key):
 def test_run_written_when_a_killed_catalog_server_comes_back(tmp_path):
     """A real Tiled server SIGKILLed while a run's documents arrive, then started again on the
     same port and database: the bridge writes the whole run from its journal, then emits."""
-    from deployments.catalog_writer import CatalogWriter
-    from infra import processes, tiled_server
-    from tasks.runs import connect_catalog, run_metadata
+    from tomopipe.deployments.catalog_writer import CatalogWriter
+    from tomopipe.infra import processes, tiled_server
+    from tomopipe.tasks.runs import connect_catalog, run_metadata
+
     from tomopipe.config import load_settings
 
     home = tmp_path

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from conftest import peer_array as peer  # TomoPy's reference arrays, by name
 from scipy import ndimage
-
-from tasks.phantom import phantom_projections
-from tasks.preprocess.center import (
+from tomopipe.tasks.phantom import phantom_projections
+from tomopipe.tasks.preprocess.center import (
     CenterEstimate,
     auto_center,
     find_center_registration,
     find_center_vo,
 )
+
 from tomopipe.errors import InputError
 
 

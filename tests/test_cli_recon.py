@@ -14,13 +14,13 @@ import pytest
 import tifffile
 import zarr
 from ome_zarr_models.v05 import Image
+from tomopipe.infra.datasets import make_phantom_scan, write_dxchange
+from tomopipe.tasks.recon.engine import reconstruct
+from tomopipe.tasks.recon.params import ReconParams
+from tomopipe.tasks.sources import open_scan
+from tomopipe.tasks.storage import publish
+from tomopipe.tasks.storage.omezarr import is_complete, read_provenance
 
-from infra.datasets import make_phantom_scan, write_dxchange
-from tasks.recon.engine import reconstruct
-from tasks.recon.params import ReconParams
-from tasks.sources import open_scan
-from tasks.storage import publish
-from tasks.storage.omezarr import is_complete, read_provenance
 from tomopipe.cli import COMMANDS, main
 
 N, ROWS, ANGLES = 64, 48, 120

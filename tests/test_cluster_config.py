@@ -15,14 +15,14 @@ import time
 
 import pytest
 import yaml
-
-from infra.cluster import (
+from tomopipe.infra.cluster import (
     ClusterConfig,
     dask_client,
     parse_cluster_config,
     slurm_job_script,
     worker_resources,
 )
+
 from tomopipe.config import load_settings
 from tomopipe.errors import ConfigError
 

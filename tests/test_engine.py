@@ -12,17 +12,17 @@ import tifffile
 import zarr
 from distributed import Client, LocalCluster
 from ome_zarr_models.v05 import Image
+from tomopipe.infra.datasets import make_phantom_scan, write_dxchange
+from tomopipe.tasks.recon.backends import get_backend
+from tomopipe.tasks.recon.engine import center_search, reconstruct
+from tomopipe.tasks.recon.params import ReconParams
+from tomopipe.tasks.recon.slab import preprocess_slab, reconstruct_slab
+from tomopipe.tasks.sources import open_scan
+from tomopipe.tasks.sources.hdf5io import read_slab
+from tomopipe.tasks.storage import publish
+from tomopipe.tasks.storage.omezarr import is_complete, read_provenance
+from tomopipe.tasks.storage.pyramid import build_levels
 
-from infra.datasets import make_phantom_scan, write_dxchange
-from tasks.recon.backends import get_backend
-from tasks.recon.engine import center_search, reconstruct
-from tasks.recon.params import ReconParams
-from tasks.recon.slab import preprocess_slab, reconstruct_slab
-from tasks.sources import open_scan
-from tasks.sources.hdf5io import read_slab
-from tasks.storage import publish
-from tasks.storage.omezarr import is_complete, read_provenance
-from tasks.storage.pyramid import build_levels
 from tomopipe.errors import InputError, PlanError
 
 N, ROWS, ANGLES, CENTER = 48, 24, 90, 24.0
@@ -167,7 +167,8 @@ def test_impossible_memory_budget_writes_nothing(scan, tmp_path):
     ({"flat_method": "max"}, "flat_method"), ({"rings": "wavelet"}, "rings")])
 def test_bad_parameters_are_refused_where_given(bad, field, tmp_path):
     """Before any output exists: the flows build ReconParams from config.yaml and parameters."""
-    from tasks.recon_tasks import recon_params
+    from tomopipe.tasks.recon_tasks import recon_params
+
     from tomopipe.config import load_settings
     from tomopipe.errors import ConfigError
 
@@ -242,7 +243,7 @@ def test_running_scheduler_by_address(scan, client, reference, tmp_path):
 def test_local_cluster_from_infra(monkeypatch):
     """Without GPUs (none here; NVML absent or disabled) dask_client starts a LocalCluster of
     single-threaded worker processes with the given memory limit."""
-    from infra.cluster import dask_client, gpu_count, worker_resources
+    from tomopipe.infra.cluster import dask_client, gpu_count, worker_resources
 
     monkeypatch.setenv("TOMOPIPE_NO_GPU", "1")
     assert gpu_count() == 0

@@ -25,9 +25,9 @@ from test_flows_support import (  # noqa: F401  (e2_services is a fixture)
     publish,
     wait_for,
 )
+from tomopipe.tasks import catalog_writeback
+from tomopipe.tasks.storage.omezarr import is_complete, read_provenance
 
-from tasks import catalog_writeback
-from tasks.storage.omezarr import is_complete, read_provenance
 from tomopipe.cli import main as cli
 
 SIZE, ROWS, ANGLES = 32, 8, 45
@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _simulate(home, state, **kw):
-    from infra.simulator.run import simulate
+    from tomopipe.infra.simulator.run import simulate
+
     from tomopipe.config import load_settings
 
     return simulate(load_settings(home), size=SIZE, rows=ROWS, angles=ANGLES, fps=None,
@@ -74,7 +75,7 @@ def test_live_scan_is_reconstructed(e2_services):  # noqa: F811
     assert corr > 0.8, corr
     assert Path(row["details"]["preview"]).stat().st_size > 100
 
-    from tasks import runs
+    from tomopipe.tasks import runs
 
     mirrored = dict(runs.catalog_for_home(home)[uid].metadata)["tomopipe"]  # linked to the run
     assert mirrored["state"] == "completed" and mirrored["output"] == str(out)
@@ -112,9 +113,10 @@ def test_backfill_then_everything_is_skipped(e2_services):  # noqa: F811
     """Runs written straight to the catalog (no events, so no live flow) get reconstructed by
     the backfill deployment; a second backfill finds them all done."""
     home, state = e2_services
-    from deployments.catalog_writer import CatalogWriter
-    from infra.simulator.run import simulate
-    from tasks import runs
+    from tomopipe.deployments.catalog_writer import CatalogWriter
+    from tomopipe.infra.simulator.run import simulate
+    from tomopipe.tasks import runs
+
     from tomopipe.config import load_settings
 
     settings = load_settings(home)
@@ -140,8 +142,8 @@ def test_backfill_then_everything_is_skipped(e2_services):  # noqa: F811
 def test_single_run_by_file(e2_services, tmp_path):  # noqa: F811
     """The single-run flow on a Data Exchange file, run in this process against the server."""
     home, state = e2_services
-    from flows.single_run import single_run
-    from infra.datasets import make_phantom_scan, write_dxchange
+    from tomopipe.flows.single_run import single_run
+    from tomopipe.infra.datasets import make_phantom_scan, write_dxchange
 
     scan = make_phantom_scan(SIZE, ROWS, ANGLES, seed=3)
     path = tmp_path / "scan.h5"
@@ -163,8 +165,8 @@ def test_an_unforeseen_fault_is_recorded_not_left_running(e2_services, tmp_path,
                                                           monkeypatch):
     """A fault that is not one of ours (here a RuntimeError from the reconstruction) fails the
     flow with its traceback, and the run's record says failed rather than running forever."""
-    import flows.single_run as single
-    from infra.datasets import make_phantom_scan, write_dxchange
+    import tomopipe.flows.single_run as single
+    from tomopipe.infra.datasets import make_phantom_scan, write_dxchange
 
     home = tmp_path / "home"
     scan = make_phantom_scan(SIZE, ROWS, ANGLES, seed=5)
@@ -187,8 +189,7 @@ def test_volume_goes_back_to_results_to(e2_services, tmp_path):  # noqa: F811
     import hashlib
 
     import yaml
-
-    from infra.datasets import make_phantom_scan, write_dxchange
+    from tomopipe.infra.datasets import make_phantom_scan, write_dxchange
 
     home, results = tmp_path / "home", tmp_path / "results"
     home.mkdir()
@@ -224,9 +225,8 @@ def test_register_all_updates_and_removes_stale(e2_services):  # noqa: F811
     """Registering again keeps one automation per trigger and deletes deployments (and their
     automations) that prefect.yaml no longer defines."""
     import httpx
+    from tomopipe.deployments.register import register_all
 
-    from deployments import register
-    from deployments.register import register_all
     from tomopipe.config import load_settings
 
     home, state = e2_services
@@ -256,8 +256,8 @@ def test_register_all_updates_and_removes_stale(e2_services):  # noqa: F811
     assert live_auto["trigger"]["expect"] == ["bluesky.run.start"]
     live = httpx.get(f"{api}/deployments/name/live-run/live", timeout=30).json()
     variables = live["job_variables"]
-    assert variables["env"]["PREFECT__FLOW_ENTRYPOINT"] == "flows.live:live_run"
-    assert variables["working_dir"] == str(register.PROJECT_ROOT)
+    assert variables["env"]["PREFECT__FLOW_ENTRYPOINT"] == "tomopipe.flows.live:live_run"
+    assert "working_dir" not in variables  # the flow is imported from the installed package
     # retention runs daily; registering again (`up` did once) does not add a second schedule
     retention = httpx.get(f"{api}/deployments/name/retention/retention", timeout=30).json()
     assert [s["schedule"]["cron"] for s in retention["schedules"]] == ["0 3 * * *"]
@@ -269,9 +269,8 @@ def test_register_all_updates_and_removes_stale(e2_services):  # noqa: F811
 
 def test_preview_shows_three_middle_slices(tmp_path):
     from PIL import Image
-
-    from tasks.preview import write_preview
-    from tasks.storage.omezarr import LevelLayout, create_volume, write_levels
+    from tomopipe.tasks.preview import write_preview
+    from tomopipe.tasks.storage.omezarr import LevelLayout, create_volume, write_levels
 
     vol = np.zeros((8, 16, 24), np.float32)
     vol[3:5, 6:10, 10:14] = 1.0  # a bright block through the middle of every axis
@@ -296,7 +295,8 @@ def test_run_referencing_a_file_outside_the_data_roots_fails_naming_it(e2_servic
     import shutil
     import uuid
 
-    from infra.simulator.run import simulate
+    from tomopipe.infra.simulator.run import simulate
+
     from tomopipe.config import load_settings
 
     home, state = e2_services

@@ -114,7 +114,7 @@ def artifacts_of(state: dict, flow_run_id: str) -> list[dict]:
 
 def phantom_reference(size: int, rows: int) -> np.ndarray:
     """The volume the simulator's projections come from (attenuation per pixel)."""
-    from tasks import phantom
+    from tomopipe.tasks import phantom
 
     features = phantom.scale_features(phantom.DEFAULT_FEATURES, 512.0 / size)
     return phantom.phantom_volume(size, rows, features=features)
@@ -123,8 +123,7 @@ def phantom_reference(size: int, rows: int) -> np.ndarray:
 def publish(zmq_in: str, docs, *, serializer: str = "pickle", grace: float = 1.5) -> None:
     """Send (name, doc) pairs to the bus the way a RunEngine's Publisher does."""
     from bluesky.callbacks.zmq import Publisher
-
-    from infra.simulator.run import serializer_for
+    from tomopipe.infra.simulator.run import serializer_for
 
     pub = Publisher(zmq_in, serializer=serializer_for(serializer))
     time.sleep(grace)  # 0MQ's slow joiner: earlier messages would be dropped

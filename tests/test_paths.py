@@ -3,8 +3,8 @@
 import os
 
 import pytest
+from tomopipe.tasks.paths import is_under_roots, resolve_data_path
 
-from tasks.paths import is_under_roots, resolve_data_path
 from tomopipe.errors import ConfigError, InputError, PathEscapeError
 
 

@@ -2,8 +2,7 @@
 
 import numpy as np
 import pytest
-
-from tasks.phantom import (
+from tomopipe.tasks.phantom import (
     BODY_MU,
     DEFAULT_FEATURES,
     MATERIALS,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from tomopipe.tasks.recon.planning import ChunkPlan, align_rows, plan, slab_memory
 
-from tasks.recon.planning import ChunkPlan, align_rows, plan, slab_memory
 from tomopipe.errors import PlanError
 
 GiB = 2**30
@@ -79,7 +79,8 @@ def test_align_rows_and_plan_round_trip():
 
 
 def test_memory_sizes_parse_or_fail_clearly():
-    from infra.cluster import parse_memory
+    from tomopipe.infra.cluster import parse_memory
+
     from tomopipe.errors import ConfigError
 
     assert parse_memory("4GB") == 4 * 10**9 and parse_memory("512MiB") == 512 * 2**20

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from conftest import peer_array as peer  # TomoPy's reference arrays, by name
 from scipy import ndimage
+from tomopipe.tasks.phantom import phantom_projections
+from tomopipe.tasks.preprocess.normalize import minus_log, normalize
+from tomopipe.tasks.preprocess.stripes import remove_stripe_fw, remove_stripe_sort, remove_stripes
+from tomopipe.tasks.preprocess.zingers import find_zingers, remove_zingers
 
-from tasks.phantom import phantom_projections
-from tasks.preprocess.normalize import minus_log, normalize
-from tasks.preprocess.stripes import remove_stripe_fw, remove_stripe_sort, remove_stripes
-from tasks.preprocess.zingers import find_zingers, remove_zingers
 from tomopipe.errors import InputError
 
 # ------------------------------------------------------------------------- normalisation

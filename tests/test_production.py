@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tomopipe.infra.cluster import cluster_config, parse_cluster_config, slurm_job_script
+from tomopipe.infra.production import bootstrap
+from tomopipe.infra.state import read_services
+from tomopipe.tasks.recon_tasks import recon_params
+from tomopipe.tasks.transfer.sites import load_transfer_config
 
-from infra.cluster import cluster_config, parse_cluster_config, slurm_job_script
-from infra.production import bootstrap
-from infra.state import read_services
-from tasks.recon_tasks import recon_params
-from tasks.transfer.sites import load_transfer_config
 from tomopipe.config import load_settings
 from tomopipe.errors import ConfigError, ServiceError
 
@@ -84,7 +84,7 @@ def test_compose_commands_name_real_modules_and_the_work_pool():
             assert importlib.util.find_spec(cmd[2]) is not None, f"{name}: no module {cmd[2]}"
         if "--pool" in cmd:
             assert {cmd[cmd.index("--pool") + 1]} == pool
-    assert services["bridge"]["command"][2] == "deployments.bridge"
+    assert services["bridge"]["command"][2] == "tomopipe.deployments.bridge"
     assert services["prefect-server"]["image"].startswith("prefecthq/prefect:3.8")
     db_url = services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
     assert db_url.startswith("postgresql+asyncpg://") and "@postgres:" in db_url

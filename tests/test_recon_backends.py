@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from conftest import PEER_DATA
 from scipy import ndimage
-
-from tasks.phantom import (
+from tomopipe.tasks.phantom import (
     BODY_MU,
     DEFAULT_FEATURES,
     MATERIALS,
@@ -19,11 +18,12 @@ from tasks.phantom import (
     scale_features,
     unit_disk,
 )
-from tasks.recon.astra_backend import cuda_usable
-from tasks.recon.backends import available_backends, get_backend
-from tasks.recon.filters import FILTERS, filter_response, ramp_response
-from tasks.recon.fourier import angle_weights
-from tasks.recon.gpu_fourier import gpu_present
+from tomopipe.tasks.recon.astra_backend import cuda_usable
+from tomopipe.tasks.recon.backends import available_backends, get_backend
+from tomopipe.tasks.recon.filters import FILTERS, filter_response, ramp_response
+from tomopipe.tasks.recon.fourier import angle_weights
+from tomopipe.tasks.recon.gpu_fourier import gpu_present
+
 from tomopipe.errors import ConfigError, InputError
 
 PEER = PEER_DATA

@@ -4,12 +4,11 @@ import os
 import time
 
 import pytest
-
-from tasks.staging.manifest import build_manifest
-from tasks.transfer.ledger import record_transfer
-from tasks.transfer.local import LocalMover
-from tasks.transfer.retention import apply_retention
-from tasks.transfer.sites import RetentionPolicy
+from tomopipe.tasks.staging.manifest import build_manifest
+from tomopipe.tasks.transfer.ledger import record_transfer
+from tomopipe.tasks.transfer.local import LocalMover
+from tomopipe.tasks.transfer.retention import apply_retention
+from tomopipe.tasks.transfer.sites import RetentionPolicy
 
 DAY = 86400
 

@@ -22,10 +22,10 @@ import psutil
 import pytest
 import zmq
 from conftest import tomopipe_cli
+from tomopipe.infra import processes
+from tomopipe.infra import services as svc
+from tomopipe.infra.state import read_services, state_path, write_services
 
-from infra import processes
-from infra import services as svc
-from infra.state import read_services, state_path, write_services
 from tomopipe.config import load_settings
 from tomopipe.errors import ConfigError, ServiceError
 
@@ -229,12 +229,11 @@ def test_tiled_opens_with_the_key_and_refuses_without(services):
 def test_tiled_stores_a_run_and_serves_its_hdf5_from_the_data_root(services, services_home):
     # A simulated scan writes HDF5 under the data root and emits StreamResource documents;
     # TiledWriter stores them; reading the frames back through Tiled proves it reads the root.
-    pytest.importorskip("infra.simulator.run")
+    pytest.importorskip("tomopipe.infra.simulator.run")
     import numpy as np
     from bluesky.callbacks.tiled_writer import TiledWriter
     from tiled.client import from_uri
-
-    from infra.simulator.run import simulate
+    from tomopipe.infra.simulator.run import simulate
 
     frames = {}
 

@@ -14,9 +14,9 @@ import event_model
 import h5py
 import numpy as np
 import pytest
+from tomopipe.infra.simulator.run import simulate
+from tomopipe.tasks import phantom
 
-from infra.simulator.run import simulate
-from tasks import phantom
 from tomopipe.config import load_settings
 
 SIZE, ROWS, ANGLES, FLATS, DARKS = 32, 8, 45, 4, 3
@@ -338,9 +338,9 @@ def test_documents_arrive_through_the_proxy_with_pickle(proxy, tmp_path):
 def test_command_publishes_to_the_bus_of_tomopipe_up_with_msgpack(proxy, tmp_path, monkeypatch,
                                                                    capsys):
     import msgpack
+    from tomopipe.infra.state import write_services
+    from tomopipe.tasks.sources.bluesky_run import scan_from_documents
 
-    from infra.state import write_services
-    from tasks.sources.bluesky_run import scan_from_documents
     from tomopipe.cli import main
 
     address_in, address_out = proxy

@@ -15,12 +15,12 @@ import h5py
 import numpy as np
 import pytest
 from conftest import PEER_DATA
+from tomopipe.infra.datasets import make_phantom_scan, write_dxchange, write_nexus
+from tomopipe.tasks.sources import open_scan
+from tomopipe.tasks.sources.hdf5io import index_runs, read_frames, read_slab
+from tomopipe.tasks.sources.identity import file_checksum
+from tomopipe.tasks.sources.spec import FrameSet, ScanSpec
 
-from infra.datasets import make_phantom_scan, write_dxchange, write_nexus
-from tasks.sources import open_scan
-from tasks.sources.hdf5io import index_runs, read_frames, read_slab
-from tasks.sources.identity import file_checksum
-from tasks.sources.spec import FrameSet, ScanSpec
 from tomopipe.errors import InputError
 
 N, ROWS, ANGLES = 32, 16, 24

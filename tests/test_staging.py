@@ -8,16 +8,16 @@ import blake3
 import h5py
 import numpy as np
 import pytest
-
-from tasks.staging.checksum import file_checksum, file_sha256, verify_file
-from tasks.staging.manifest import (
+from tomopipe.tasks.staging.checksum import file_checksum, file_sha256, verify_file
+from tomopipe.tasks.staging.manifest import (
     Manifest,
     build_manifest,
     changed_entries,
     files_from_documents,
     manifest_from_documents,
 )
-from tasks.staging.swmr import hdf5_open_for_writing
+from tomopipe.tasks.staging.swmr import hdf5_open_for_writing
+
 from tomopipe.errors import InputError, PathEscapeError
 
 
@@ -130,7 +130,7 @@ def test_swmr_writer_detected_then_complete_after_close(run_root):
 
 
 def test_file_changing_between_two_looks_is_unstable(run_root, monkeypatch):
-    import tasks.staging.manifest as manifest_mod
+    import tomopipe.tasks.staging.manifest as manifest_mod
 
     path = run_root / "run1" / "flat.h5"
     real_hash = manifest_mod.file_checksum
@@ -164,9 +164,9 @@ def test_directory_resource_expands_to_files_each_checked(run_root, tmp_path):
 
 
 def test_scan_spec_manifest_and_relocation(run_root, tmp_path):
-    from tasks.sources.spec import FrameSet, ScanSpec
-    from tasks.staging.scan import manifest_for_spec, relocate_spec, spec_files
-    from tasks.transfer.local import LocalMover
+    from tomopipe.tasks.sources.spec import FrameSet, ScanSpec
+    from tomopipe.tasks.staging.scan import manifest_for_spec, relocate_spec, spec_files
+    from tomopipe.tasks.transfer.local import LocalMover
 
     det, flat = str(run_root / "run1" / "det.h5"), str(run_root / "run1" / "flat.h5")
     spec = ScanSpec(label="run-1", projections=(FrameSet(det, "/entry/data", (0, 1)),),

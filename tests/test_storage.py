@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 import zarr
 from ome_zarr_models.v05 import Image
-
-from tasks.recon.planning import plan
-from tasks.storage import publish
-from tasks.storage.omezarr import (
+from tomopipe.tasks.recon.planning import plan
+from tomopipe.tasks.storage import publish
+from tomopipe.tasks.storage.omezarr import (
     create_volume,
     is_complete,
     read_provenance,
     update_provenance,
     write_levels,
 )
-from tasks.storage.pyramid import build_levels, downsample_mean, level_shape
+from tomopipe.tasks.storage.pyramid import build_levels, downsample_mean, level_shape
+
 from tomopipe.errors import InputError
 
 

@@ -12,10 +12,10 @@ import globus_sdk
 import pytest
 import responses
 from globus_sdk.testing import RegisteredResponse, get_last_request, load_response
+from tomopipe.tasks.staging.manifest import build_manifest
+from tomopipe.tasks.transfer.globus import GlobusCredentials, GlobusMover, make_transfer_client
+from tomopipe.tasks.transfer.sites import parse_transfer_config
 
-from tasks.staging.manifest import build_manifest
-from tasks.transfer.globus import GlobusCredentials, GlobusMover, make_transfer_client
-from tasks.transfer.sites import parse_transfer_config
 from tomopipe.errors import ConfigError
 
 SRC_COLL, DST_COLL = str(uuid.uuid4()), str(uuid.uuid4())
@@ -276,8 +276,8 @@ def test_globus_site_config_errors_name_the_key():
 
 
 def test_mover_chosen_per_site_with_credentials_from_env(run, monkeypatch):
-    from tasks.transfer.local import LocalMover
-    from tasks.transfer.movers import mover_for
+    from tomopipe.tasks.transfer.local import LocalMover
+    from tomopipe.tasks.transfer.movers import mover_for
 
     manifest, cfg = run
     monkeypatch.setenv("GLOBUS_CLIENT_ID", "client-env")
@@ -295,7 +295,7 @@ def test_mover_chosen_per_site_with_credentials_from_env(run, monkeypatch):
 
 
 def test_sha256_manifest_sent_as_is_and_chosen_for_globus_sites(run, tmp_path):
-    from tasks.transfer.movers import manifest_algorithm
+    from tomopipe.tasks.transfer.movers import manifest_algorithm
 
     _, cfg = run
     assert manifest_algorithm(cfg) == "sha256"  # a Globus site on either side

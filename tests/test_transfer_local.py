@@ -11,13 +11,13 @@ import uuid
 
 import blake3
 import pytest
+from tomopipe.tasks.staging.manifest import Manifest, build_manifest, changed_entries
+from tomopipe.tasks.transfer.base import TransferError, destination_record_path
+from tomopipe.tasks.transfer.ledger import copies_by_source
+from tomopipe.tasks.transfer.local import LocalMover
+from tomopipe.tasks.transfer.movers import move_results, move_run
+from tomopipe.tasks.transfer.sites import parse_transfer_config
 
-from tasks.staging.manifest import Manifest, build_manifest, changed_entries
-from tasks.transfer.base import TransferError, destination_record_path
-from tasks.transfer.ledger import copies_by_source
-from tasks.transfer.local import LocalMover
-from tasks.transfer.movers import move_results, move_run
-from tasks.transfer.sites import parse_transfer_config
 from tomopipe.errors import InputError
 
 SIZES = (300_000, 1_100_000, 17)
@@ -218,8 +218,8 @@ def test_full_destination_rlimit_fsize_in_subprocess(run, tmp_path):
         import json, resource, signal
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, (500_000, 500_000))
-        from tasks.staging.manifest import Manifest
-        from tasks.transfer.local import LocalMover
+        from tomopipe.tasks.staging.manifest import Manifest
+        from tomopipe.tasks.transfer.local import LocalMover
         report = LocalMover().transfer(Manifest.load({str(mpath)!r}), {str(dest)!r})
         print(json.dumps(report.to_dict()))
     """)

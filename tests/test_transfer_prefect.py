@@ -26,15 +26,14 @@ def prefect_api(tmp_path_factory):
 
 
 def _settings(**kw):
-    from tasks.transfer.sites import parse_transfer_config
+    from tomopipe.tasks.transfer.sites import parse_transfer_config
 
     return parse_transfer_config({"a": {}}, kw, {}).transfer
 
 
 def test_limits_created_from_config(prefect_api):
     from prefect.client.orchestration import get_client
-
-    from tasks.transfer.backpressure import (
+    from tomopipe.tasks.transfer.backpressure import (
         MEGABYTES_LIMIT,
         TRANSFERS_LIMIT,
         ensure_transfer_limits,
@@ -52,7 +51,7 @@ def _burst(settings, sizes, hold_s=0.6, meet=None):
 
     ``meet``: a barrier every holder waits at while holding its slot (they must overlap).
     """
-    from tasks.transfer.backpressure import ensure_transfer_limits, transfer_slot
+    from tomopipe.tasks.transfer.backpressure import ensure_transfer_limits, transfer_slot
 
     ensure_transfer_limits(settings)
     spans, errors = [], []
@@ -100,10 +99,10 @@ def test_burst_queues_on_bytes_in_flight(prefect_api):
 def test_flow_moves_run_then_retention_flow_frees_verified_files(prefect_api, tmp_path,
                                                                  monkeypatch):
     from prefect import flow
+    from tomopipe.flows.retention import retention_flow
+    from tomopipe.tasks.transfer.prefect_tasks import move_run_data, stage_run
+    from tomopipe.tasks.transfer.sites import load_transfer_config
 
-    from flows.retention import retention_flow
-    from tasks.transfer.prefect_tasks import move_run_data, stage_run
-    from tasks.transfer.sites import load_transfer_config
     from tomopipe.config import load_settings
 
     home, raw = tmp_path / "home", tmp_path / "raw"
@@ -143,8 +142,8 @@ def test_flow_moves_run_then_retention_flow_frees_verified_files(prefect_api, tm
 
 def test_stage_run_refuses_escape_in_a_flow(prefect_api, tmp_path):
     from prefect import flow
+    from tomopipe.tasks.transfer.prefect_tasks import stage_run
 
-    from tasks.transfer.prefect_tasks import stage_run
     from tomopipe.errors import PathEscapeError
 
     (tmp_path / "raw").mkdir()
@@ -165,10 +164,9 @@ def test_stage_run_refuses_escape_in_a_flow(prefect_api, tmp_path):
 
 def test_move_scan_data_returns_spec_on_verified_copies(prefect_api, tmp_path):
     from prefect import flow
-
-    from tasks.sources.spec import FrameSet, ScanSpec
-    from tasks.transfer.prefect_tasks import move_scan_data
-    from tasks.transfer.sites import parse_transfer_config
+    from tomopipe.tasks.sources.spec import FrameSet, ScanSpec
+    from tomopipe.tasks.transfer.prefect_tasks import move_scan_data
+    from tomopipe.tasks.transfer.sites import parse_transfer_config
 
     raw = tmp_path / "raw"
     (raw / "r").mkdir(parents=True)
@@ -198,8 +196,8 @@ def test_move_scan_data_returns_spec_on_verified_copies(prefect_api, tmp_path):
 
 def test_globus_credentials_from_prefect_secret_block(prefect_api):
     from prefect.blocks.system import Secret
+    from tomopipe.tasks.transfer.globus import GlobusCredentials
 
-    from tasks.transfer.globus import GlobusCredentials
     from tomopipe.errors import ConfigError
 
     secret = "blk-" + os.urandom(8).hex()

@@ -16,10 +16,7 @@ import types
 import uuid
 
 import anyio
-import pytest
-
-from deployments import register
-from infra import prefect_server, wakeup
+from tomopipe.infra import prefect_server, wakeup
 
 
 class FakeWorker:
@@ -120,11 +117,3 @@ def test_immediate_sqlite_transactions_take_the_write_lock_up_front(tmp_path, mo
     prefect_server.immediate_sqlite_transactions()
     prefect_server.immediate_sqlite_transactions()  # twice is once
     assert anyio.run(locked_while_reading) is True
-
-
-@pytest.mark.parametrize("entry, module", [
-    ("flows/live.py:live_run", "flows.live:live_run"),
-    ("flows/sub/x.py:f", "flows.sub.x:f"),
-])
-def test_module_entrypoint(entry, module):
-    assert register.module_entrypoint(entry) == module

@@ -67,7 +67,7 @@ def base_env(probe_dir: Path, sock: Path) -> dict:
 @pytest.fixture(scope="module")
 def zygote(probe_dir, tmp_path_factory):
     sock = tmp_path_factory.mktemp("zyg") / "z.sock"
-    proc = subprocess.Popen([sys.executable, "-m", "infra.zygote", str(sock)], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "tomopipe.infra.zygote", str(sock)], cwd=REPO,
                             env=base_env(probe_dir, sock), stdin=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180  # the preload takes seconds, more on a loaded machine
@@ -83,7 +83,7 @@ def zygote(probe_dir, tmp_path_factory):
 
 
 def client(probe_dir, sock, cwd, *args, **env) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "infra.zygote_client", *args], cwd=cwd,
+    return subprocess.Popen([sys.executable, "-m", "tomopipe.infra.zygote_client", *args], cwd=cwd,
                             env={**base_env(probe_dir, sock), **env}, text=True,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -229,7 +229,8 @@ def test_the_zygote_stops_with_the_process_that_started_it(probe_dir, tmp_path):
     sock = tmp_path / "z.sock"
     starter = subprocess.Popen(
         [sys.executable, "-c", "import subprocess, sys, time; p = subprocess.Popen([sys.executable,"
-         f" '-m', 'infra.zygote', {str(sock)!r}]); print(p.pid, flush=True); time.sleep(600)"],
+         f" '-m', 'tomopipe.infra.zygote', {str(sock)!r}]); print(p.pid, flush=True);"
+         " time.sleep(600)"],
         cwd=REPO, env=base_env(probe_dir, sock), stdout=subprocess.PIPE, text=True)
     zygote_pid = int(starter.stdout.readline())
     deadline = time.monotonic() + 180

@@ -74,7 +74,7 @@ def load_settings(home_dir: Path | None = None) -> Settings:
         if not isinstance(raw.get(section, {}), dict):
             raise ConfigError(f"{cfg_path}: {section} must be a mapping")
     if raw.get("cluster"):
-        from infra.cluster import parse_cluster_config  # no cluster is started
+        from tomopipe.infra.cluster import parse_cluster_config  # no cluster is started
 
         try:
             parse_cluster_config(raw["cluster"])

@@ -4,8 +4,9 @@ At a facility the services run as containers (or are the facility's own), not as
 ``tomopipe up`` starts. Every part of tomopipe finds the services of its home through
 ``$TOMOPIPE_HOME/services.json`` (infra.state), so this one-shot writes that file from the
 environment, waits for the Prefect API, and registers prefect.yaml's deployments and their
-triggers (deployments.register.register_all). Run it as ``python -m infra.production.bootstrap``
-(the compose file's ``bootstrap`` service does, before the worker and the bridge start).
+triggers (deployments.register.register_all). Run it as
+``python -m tomopipe.infra.production.bootstrap`` (the compose file's ``bootstrap`` service
+does, before the worker and the bridge start).
 
 Environment (required: PREFECT_API_URL and TOMOPIPE_TILED_URL):
 
@@ -71,8 +72,7 @@ def state_from_env(env: Mapping[str, str], settings) -> dict:
         "data_root": str(settings.data_roots[0]),
         "data_roots": [str(r) for r in settings.data_roots],
         "output_root": str(settings.output_root),
-        "project_root": str(Path(__file__).resolve().parents[2]),
-        "managed_by": "infra.production.bootstrap",  # not `tomopipe up`: no pids to stop
+        "managed_by": "tomopipe.infra.production.bootstrap",  # not `tomopipe up`: no pids to stop
     }
     scheduler = _url(env, "TOMOPIPE_DASK_SCHEDULER", _TCP, "tcp://dask-scheduler:8786",
                      required=False)
@@ -101,7 +101,7 @@ def wait_for_prefect(api: str, timeout_s: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     import os
 
-    parser = argparse.ArgumentParser(prog="python -m infra.production.bootstrap",
+    parser = argparse.ArgumentParser(prog="python -m tomopipe.infra.production.bootstrap",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--home", type=Path, default=None, help="TOMOPIPE_HOME to write")
     parser.add_argument("--no-register", action="store_true",
@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds to wait for the Prefect API before giving up")
     args = parser.parse_args(argv)
 
-    from infra.state import write_services
+    from tomopipe.infra.state import write_services
+
     from tomopipe.config import load_settings
 
     try:
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         write_services(settings.home, state)
         print(f"wrote {settings.home / 'services.json'}")
         if not args.no_register:
-            from deployments.register import register_all
+            from tomopipe.deployments.register import register_all
 
             wait_for_prefect(state["prefect_api"], args.wait_s)
             registered = register_all(settings, state)

@@ -20,8 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 from ophyd.status import Status
-
-from infra.simulator import optics
+from tomopipe.infra.simulator import optics
 
 DATASET = "/entry/data/data"  # where area detectors' HDF5 plugins put frames
 MIMETYPE = "application/x-hdf5"

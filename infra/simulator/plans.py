@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import bluesky.plan_stubs as bps
-
-from infra.simulator.devices import SimAxis, SimCamera, SimShutter
+from tomopipe.infra.simulator.devices import SimAxis, SimCamera, SimShutter
 
 SAMPLE_OUT_MM = 5.0  # sample translation that takes the sample out of the beam for flats
 

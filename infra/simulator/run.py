@@ -64,7 +64,7 @@ def make_renderer(size: int, rows: int) -> tuple[Callable[[float], object], dict
     The phantom's attenuation is scaled to the size so that transmission stays realistic (the
     phantom is sized for 512 pixels).
     """
-    from tasks import phantom
+    from tomopipe.tasks import phantom
 
     scale = 512.0 / size
     features = phantom.scale_features(phantom.DEFAULT_FEATURES, scale)
@@ -74,7 +74,7 @@ def make_renderer(size: int, rows: int) -> tuple[Callable[[float], object], dict
         return phantom.phantom_projections(size, rows, [math.radians(angle_deg)], center=center,
                                            features=features)[0]
 
-    info = {"phantom": "tasks.phantom.DEFAULT_FEATURES", "attenuation_scale": scale,
+    info = {"phantom": "tomopipe.tasks.phantom.DEFAULT_FEATURES", "attenuation_scale": scale,
             "center": center}
     return render, info
 
@@ -95,9 +95,8 @@ def simulate(settings: Settings, *, size: int, rows: int, angles: int, fps: floa
     import numpy as np
     from bluesky import RunEngine
     from bluesky.utils import RunEngineInterrupted
-
-    from infra.simulator.devices import SimAxis, SimCamera, SimShutter
-    from infra.simulator.plans import tomo_scan
+    from tomopipe.infra.simulator.devices import SimAxis, SimCamera, SimShutter
+    from tomopipe.infra.simulator.plans import tomo_scan
 
     _check("size", size, 2)
     _check("rows", rows, 1)

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import fft as sfft
 from scipy import ndimage
-
-from tasks.preprocess._validate import ArrayInputError, as_angles, as_array, require_finite
+from tomopipe.tasks.preprocess._validate import ArrayInputError, as_angles, as_array, require_finite
 
 COARSE_MAX_COLS = 128  # the coarse Vo search bins columns down to at most this many
 COARSE_MAX_ANGLES = 180

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-
-from tasks.preprocess._validate import ArrayInputError, as_array, require_finite
-from tasks.recon.params import FLAT_METHODS as METHODS
+from tomopipe.tasks.preprocess._validate import ArrayInputError, as_array, require_finite
+from tomopipe.tasks.recon.params import FLAT_METHODS as METHODS
 
 # Below this flat-minus-dark difference (in counts) a detector pixel carries no usable signal.
 DEAD_PIXEL_EPS = 1e-6

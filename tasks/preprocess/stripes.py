@@ -10,9 +10,8 @@ import numpy as np
 import pywt
 from scipy import fft as sfft
 from scipy import ndimage
-
-from tasks.preprocess._validate import ArrayInputError, as_array, require_finite
-from tasks.recon.params import RING_METHODS as METHODS
+from tomopipe.tasks.preprocess._validate import ArrayInputError, as_array, require_finite
+from tomopipe.tasks.recon.params import RING_METHODS as METHODS
 
 
 def _sinos(sinos) -> np.ndarray:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
-
-from tasks.preprocess._validate import ArrayInputError, as_array, require_finite
+from tomopipe.tasks.preprocess._validate import ArrayInputError, as_array, require_finite
 
 AXES = ("image", "angle")
 

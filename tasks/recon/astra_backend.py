@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.fft
-
-from tasks.recon.base import Backend
-from tasks.recon.filters import ASTRA_FILTER_NAMES, padded_length
+from tomopipe.tasks.recon.base import Backend
+from tomopipe.tasks.recon.filters import ASTRA_FILTER_NAMES, padded_length
 
 
 def shift_columns(sinos: np.ndarray, shift: float) -> np.ndarray:

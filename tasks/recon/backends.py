@@ -6,12 +6,13 @@ import inspect
 from collections.abc import Callable
 from functools import partial
 
-from tasks.recon.astra_backend import AstraBackend
-from tasks.recon.base import Backend
-from tasks.recon.fourier import FourierBackend
-from tasks.recon.gpu_fourier import GpuFourierBackend
-from tasks.recon.params import ALGORITHMS
-from tasks.recon.tomopy_backend import TomopyBackend
+from tomopipe.tasks.recon.astra_backend import AstraBackend
+from tomopipe.tasks.recon.base import Backend
+from tomopipe.tasks.recon.fourier import FourierBackend
+from tomopipe.tasks.recon.gpu_fourier import GpuFourierBackend
+from tomopipe.tasks.recon.params import ALGORITHMS
+from tomopipe.tasks.recon.tomopy_backend import TomopyBackend
+
 from tomopipe.errors import ConfigError
 
 # name -> factory; kept in registration order.

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from tomopipe.tasks.preprocess._validate import require_finite
+from tomopipe.tasks.recon.filters import check_filter
 
-from tasks.preprocess._validate import require_finite
-from tasks.recon.filters import check_filter
 from tomopipe.errors import InputError
 
 SOURCE = "reconstruction input"

@@ -21,12 +21,12 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+from tomopipe.tasks.recon.params import ReconParams, output_key
+from tomopipe.tasks.recon.planning import ChunkPlan, plan
+from tomopipe.tasks.sources.spec import ScanSpec
+from tomopipe.tasks.storage import publish
+from tomopipe.tasks.storage.omezarr import create_volume
 
-from tasks.recon.params import ReconParams, output_key
-from tasks.recon.planning import ChunkPlan, plan
-from tasks.sources.spec import ScanSpec
-from tasks.storage import publish
-from tasks.storage.omezarr import create_volume
 from tomopipe import __version__
 from tomopipe.errors import InputError, TomopipeError
 
@@ -113,9 +113,9 @@ def find_center(spec: ScanSpec, params: ReconParams, rows: tuple[int, int]) -> d
             raise InputError(spec.label, f"centre {value} lies outside the detector row "
                              f"0:{spec.n_cols}", where="center")
         return {"value": value, "method": "given", "confidence": None, "estimates": {}}
-    from tasks.preprocess.center import auto_center
-    from tasks.recon.slab import preprocess_slab
-    from tasks.sources.hdf5io import read_slab
+    from tomopipe.tasks.preprocess.center import auto_center
+    from tomopipe.tasks.recon.slab import preprocess_slab
+    from tomopipe.tasks.sources.hdf5io import read_slab
 
     mid = (rows[0] + rows[1]) // 2
     band = (max(rows[0], mid - CENTER_BAND_ROWS // 2), min(rows[1], mid + CENTER_BAND_ROWS // 2))
@@ -129,10 +129,10 @@ def find_center(spec: ScanSpec, params: ReconParams, rows: tuple[int, int]) -> d
 
 def run_slab(job: SlabJob) -> dict:
     """Reconstruct one slab and write it; runs on a worker. Idempotent (done-marker)."""
-    from tasks.recon.slab import reconstruct_slab
-    from tasks.sources.hdf5io import read_slab
-    from tasks.storage.omezarr import write_levels
-    from tasks.storage.pyramid import build_levels
+    from tomopipe.tasks.recon.slab import reconstruct_slab
+    from tomopipe.tasks.sources.hdf5io import read_slab
+    from tomopipe.tasks.storage.omezarr import write_levels
+    from tomopipe.tasks.storage.pyramid import build_levels
 
     z_rows = (job.z0, job.z0 + job.rows[1] - job.rows[0])
     if publish.slab_done(job.partial, z_rows):
@@ -157,7 +157,7 @@ def run_slab(job: SlabJob) -> dict:
 @functools.lru_cache(maxsize=4)
 def _cached_backend(name: str, algorithm: str, nthreads: int | None):
     """One backend per process: backends keep plans (e.g. NUFFT) between slabs."""
-    from tasks.recon.backends import get_backend
+    from tomopipe.tasks.recon.backends import get_backend
 
     return get_backend(name, algorithm, **({"nthreads": nthreads} if nthreads else {}))
 
@@ -191,14 +191,14 @@ def _executor(client, scheduler, workers, memory_limit):
     elif scheduler is None and workers == 0:
         yield None
     else:
-        from infra.cluster import dask_client
+        from tomopipe.infra.cluster import dask_client
 
         with dask_client(scheduler=scheduler, workers=workers, memory_limit=memory_limit) as c:
             yield c
 
 
 def _budget(client, memory_limit) -> tuple[int, int]:
-    from infra.cluster import default_memory_per_worker, parse_memory, worker_resources
+    from tomopipe.infra.cluster import default_memory_per_worker, parse_memory, worker_resources
 
     limit = parse_memory(memory_limit)
     if client is None:
@@ -275,7 +275,7 @@ def reconstruct(spec: ScanSpec, params: ReconParams, out: str | os.PathLike, *, 
             seconds=time.perf_counter() - t_start, skipped=True, timings={},
         )
 
-    from tasks.recon.backends import get_backend
+    from tomopipe.tasks.recon.backends import get_backend
 
     px = pixel_size(spec, params)
     backend = get_backend(params.backend if pub.state == "fresh" else pub.job["backend"]["name"],
@@ -298,7 +298,7 @@ def reconstruct(spec: ScanSpec, params: ReconParams, out: str | os.PathLike, *, 
             n_workers, budget = _budget(dask, memory_limit)
             gpu_mem = None
             if backend_device == "gpu":
-                from infra.cluster import gpu_memory_bytes
+                from tomopipe.infra.cluster import gpu_memory_bytes
 
                 gpu_mem = gpu_memory_bytes()
             chunk_plan = plan(
@@ -393,10 +393,9 @@ def center_search(spec: ScanSpec, params: ReconParams, out_dir: str | os.PathLik
     ImageDescription (JSON) says the same centre, the row and the source.
     """
     import tifffile
-
-    from tasks.recon.backends import get_backend
-    from tasks.recon.slab import preprocess_slab
-    from tasks.sources.hdf5io import read_slab
+    from tomopipe.tasks.recon.backends import get_backend
+    from tomopipe.tasks.recon.slab import preprocess_slab
+    from tomopipe.tasks.sources.hdf5io import read_slab
 
     candidates = [float(c) for c in candidates]
     if not candidates:

@@ -12,8 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 import scipy.fft
-
-from tasks.recon.params import FILTERS
+from tomopipe.tasks.recon.params import FILTERS
 
 # astra-toolbox's names for the same windows.
 ASTRA_FILTER_NAMES = {

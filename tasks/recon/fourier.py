@@ -15,9 +15,8 @@ from collections import OrderedDict
 
 import numpy as np
 import scipy.fft
-
-from tasks.recon.base import Backend
-from tasks.recon.filters import filter_response, padded_length
+from tomopipe.tasks.recon.base import Backend
+from tomopipe.tasks.recon.filters import filter_response, padded_length
 
 # Tuned on 512 x 720 (benchmarks/bench_backends.py): against eps 1e-6, upsampfac 2, pad 2 the
 # result correlates 0.999995 at about half the time; pad 1.5 still covers the square image

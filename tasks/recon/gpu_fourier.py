@@ -7,10 +7,9 @@ The math is fourier.py's, called with xp=cupy.
 from __future__ import annotations
 
 import numpy as np
-
-from tasks.recon.base import Backend
-from tasks.recon.filters import padded_length
-from tasks.recon.fourier import (
+from tomopipe.tasks.recon.base import Backend
+from tomopipe.tasks.recon.filters import padded_length
+from tomopipe.tasks.recon.fourier import (
     DEFAULT_PAD,
     nufft_strengths,
     pack_padded,

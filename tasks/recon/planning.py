@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from tasks.storage.omezarr import LevelLayout
-from tasks.storage.pyramid import level_shape
+from tomopipe.tasks.storage.omezarr import LevelLayout
+from tomopipe.tasks.storage.pyramid import level_shape
+
 from tomopipe.errors import PlanError
 
 MiB = 2**20

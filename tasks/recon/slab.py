@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-
-from tasks.preprocess.normalize import minus_log, normalize
-from tasks.preprocess.stripes import remove_stripes
-from tasks.preprocess.zingers import remove_zingers
-from tasks.recon.params import ReconParams
+from tomopipe.tasks.preprocess.normalize import minus_log, normalize
+from tomopipe.tasks.preprocess.stripes import remove_stripes
+from tomopipe.tasks.preprocess.zingers import remove_zingers
+from tomopipe.tasks.recon.params import ReconParams
 
 UM_PER_CM = 1e4
 
@@ -38,7 +37,7 @@ def reconstruct_slab(projections: np.ndarray, flats: np.ndarray, darks: np.ndarr
     Values are attenuation per pixel, or per cm when ``pixel_size_um`` is known.
     """
     if backend is None:
-        from tasks.recon.backends import get_backend
+        from tomopipe.tasks.recon.backends import get_backend
 
         backend = get_backend(params.backend, params.algorithm)
     sinos = preprocess_slab(projections, flats, darks, params)

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-
-from tasks.recon.base import Backend
+from tomopipe.tasks.recon.base import Backend
 
 
 class TomopyBackend(Backend):

@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from tasks.sources.dxchange import DATA, THETA, is_dxchange, scan_from_dxchange
-from tasks.sources.hdf5io import open_h5, read_frames, read_slab
-from tasks.sources.identity import combined_checksum, file_checksum
-from tasks.sources.nexus import find_nxtomo_entry, scan_from_nexus, scan_from_paths
-from tasks.sources.spec import FrameSet, ScanSpec
+from tomopipe.tasks.sources.dxchange import DATA, THETA, is_dxchange, scan_from_dxchange
+from tomopipe.tasks.sources.hdf5io import open_h5, read_frames, read_slab
+from tomopipe.tasks.sources.identity import combined_checksum, file_checksum
+from tomopipe.tasks.sources.nexus import find_nxtomo_entry, scan_from_nexus, scan_from_paths
+from tomopipe.tasks.sources.spec import FrameSet, ScanSpec
+
 from tomopipe.errors import InputError
 
 __all__ = ["FrameSet", "ScanSpec", "file_checksum", "open_scan", "read_frames", "read_slab"]

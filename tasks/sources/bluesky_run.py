@@ -42,8 +42,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks.paths import resolve_data_path
-from tasks.sources.spec import FrameSet, ScanSpec
+from tomopipe.tasks.paths import resolve_data_path
+from tomopipe.tasks.sources.spec import FrameSet, ScanSpec
+
 from tomopipe.errors import InputError
 
 DEFAULT_TOMO_PLANS = ("tomo_scan",)

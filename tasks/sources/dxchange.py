@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import h5py
+from tomopipe.tasks.sources.hdf5io import (
+    attr_text,
+    build_spec,
+    get_dataset,
+    has,
+    length_um,
+    read_angles_deg,
+)
+from tomopipe.tasks.sources.spec import ScanSpec
 
-from tasks.sources.hdf5io import attr_text, build_spec, get_dataset, has, length_um, read_angles_deg
-from tasks.sources.spec import ScanSpec
 from tomopipe.errors import InputError
 
 DATA = "/exchange/data"

@@ -16,8 +16,8 @@ from collections.abc import Iterator, Sequence
 
 import h5py
 import numpy as np
+from tomopipe.tasks.sources.spec import FrameSet, ScanSpec
 
-from tasks.sources.spec import FrameSet, ScanSpec
 from tomopipe.errors import InputError
 
 # Length units to micrometres, for pixel sizes.

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 
-from tasks.staging.checksum import file_checksum as _stream_checksum
-from tasks.staging.checksum import new_hasher
+from tomopipe.tasks.staging.checksum import file_checksum as _stream_checksum
+from tomopipe.tasks.staging.checksum import new_hasher
+
 from tomopipe.errors import InputError
 
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import h5py
 import numpy as np
-
-from tasks.sources.hdf5io import (
+from tomopipe.tasks.sources.hdf5io import (
     _text,
     attr_text,
     build_spec,
@@ -20,7 +19,8 @@ from tasks.sources.hdf5io import (
     length_um,
     read_angles_deg,
 )
-from tasks.sources.spec import ScanSpec
+from tomopipe.tasks.sources.spec import ScanSpec
+
 from tomopipe.errors import InputError
 
 PROJECTION, FLAT, DARK, INVALID = 0, 1, 2, 3
@@ -131,7 +131,7 @@ def scan_from_paths(f: h5py.File, *, label: str, data_path: str,
     all_angles, units = read_angles_deg(f, angles_path, source=label)
     extra["angle_units"] = units
     if image_key_path is None:
-        from tasks.sources.dxchange import DARKS, FLATS
+        from tomopipe.tasks.sources.dxchange import DARKS, FLATS
 
         flats = [(FLATS, None)] if has(f, FLATS) else []
         darks = [(DARKS, None)] if has(f, DARKS) else []

@@ -16,9 +16,10 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tasks.paths import resolve_data_path
-from tasks.staging.checksum import DEFAULT_ALGORITHM, file_checksum
-from tasks.staging.swmr import hdf5_open_for_writing
+from tomopipe.tasks.paths import resolve_data_path
+from tomopipe.tasks.staging.checksum import DEFAULT_ALGORITHM, file_checksum
+from tomopipe.tasks.staging.swmr import hdf5_open_for_writing
+
 from tomopipe.errors import InputError
 
 MANIFEST_VERSION = 1

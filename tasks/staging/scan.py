@@ -11,10 +11,11 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from tasks.paths import resolve_data_path
-from tasks.sources.spec import FrameSet, ScanSpec
-from tasks.staging.checksum import DEFAULT_ALGORITHM
-from tasks.staging.manifest import Manifest, build_manifest
+from tomopipe.tasks.paths import resolve_data_path
+from tomopipe.tasks.sources.spec import FrameSet, ScanSpec
+from tomopipe.tasks.staging.checksum import DEFAULT_ALGORITHM
+from tomopipe.tasks.staging.manifest import Manifest, build_manifest
+
 from tomopipe.errors import InputError
 
 

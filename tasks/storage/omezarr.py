@@ -67,7 +67,7 @@ def ome_metadata(n_levels: int, pixel_size_um: float | None, name: str = "volume
             "axes": axes,
             "datasets": datasets,
             "type": "mean",
-            "metadata": {"method": "tasks.storage.pyramid.downsample_mean", "factor": 2},
+            "metadata": {"method": "tomopipe.tasks.storage.pyramid.downsample_mean", "factor": 2},
         }],
     }
 

@@ -23,7 +23,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks.storage.omezarr import is_complete, read_provenance, update_provenance
+from tomopipe.tasks.storage.omezarr import is_complete, read_provenance, update_provenance
+
 from tomopipe.errors import InputError
 
 MARKER_DIR = ".tomopipe-slabs"

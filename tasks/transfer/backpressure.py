@@ -20,7 +20,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from tasks.transfer.sites import TransferSettings
+from tomopipe.tasks.transfer.sites import TransferSettings
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
-from tasks.staging.manifest import Manifest
+from tomopipe.tasks.staging.manifest import Manifest
+
 from tomopipe.errors import InputError, TomopipeError
 
 # File statuses: verified (copied and checksum equal), linked (hard link, same inode),

@@ -27,11 +27,11 @@ from collections.abc import Callable
 from pathlib import PurePosixPath
 
 import globus_sdk
+from tomopipe.tasks.staging.checksum import file_checksum, split_checksum
+from tomopipe.tasks.staging.manifest import Manifest, ManifestEntry
+from tomopipe.tasks.transfer.base import FileResult, Mover, TransferReport, safe_relpath
+from tomopipe.tasks.transfer.sites import Site
 
-from tasks.staging.checksum import file_checksum, split_checksum
-from tasks.staging.manifest import Manifest, ManifestEntry
-from tasks.transfer.base import FileResult, Mover, TransferReport, safe_relpath
-from tasks.transfer.sites import Site
 from tomopipe.errors import ConfigError, ServiceError
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.staging.manifest import Manifest, ManifestEntry
-from tasks.transfer.base import FileResult, TransferReport
+from tomopipe.tasks.staging.manifest import Manifest, ManifestEntry
+from tomopipe.tasks.transfer.base import FileResult, TransferReport
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tasks.staging.checksum import (
+from tomopipe.tasks.staging.checksum import (
     BLOCK_SIZE,
     DEFAULT_ALGORITHM,
     checksum_algorithm,
@@ -37,14 +37,15 @@ from tasks.staging.checksum import (
     hash_fd_range,
     new_hasher,
 )
-from tasks.staging.manifest import Manifest, ManifestEntry
-from tasks.transfer.base import (
+from tomopipe.tasks.staging.manifest import Manifest, ManifestEntry
+from tomopipe.tasks.transfer.base import (
     FileResult,
     Mover,
     TransferReport,
     destination_record_path,
     safe_relpath,
 )
+
 from tomopipe.errors import InputError
 
 _FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)

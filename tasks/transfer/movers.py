@@ -8,13 +8,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tasks.staging.checksum import DEFAULT_ALGORITHM
-from tasks.staging.manifest import Manifest, build_manifest
-from tasks.transfer.base import Mover, TransferReport
-from tasks.transfer.globus import GlobusCredentials, GlobusMover
-from tasks.transfer.ledger import record_transfer
-from tasks.transfer.local import LocalMover
-from tasks.transfer.sites import Site, TransferConfig
+from tomopipe.tasks.staging.checksum import DEFAULT_ALGORITHM
+from tomopipe.tasks.staging.manifest import Manifest, build_manifest
+from tomopipe.tasks.transfer.base import Mover, TransferReport
+from tomopipe.tasks.transfer.globus import GlobusCredentials, GlobusMover
+from tomopipe.tasks.transfer.ledger import record_transfer
+from tomopipe.tasks.transfer.local import LocalMover
+from tomopipe.tasks.transfer.sites import Site, TransferConfig
+
 from tomopipe.errors import ConfigError, InputError
 
 

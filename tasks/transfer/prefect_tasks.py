@@ -22,15 +22,19 @@ import dataclasses
 from pathlib import Path
 
 from prefect import get_run_logger, task
-
-from tasks.sources.spec import ScanSpec
-from tasks.staging.manifest import Manifest, manifest_from_documents
-from tasks.staging.scan import manifest_for_spec, relocate_spec
-from tasks.transfer.backpressure import ensure_transfer_limits, transfer_slot
-from tasks.transfer.base import TransferError, TransferReport
-from tasks.transfer.ledger import ledger_dir
-from tasks.transfer.movers import manifest_algorithm, move_results, move_run, run_destination
-from tasks.transfer.sites import TransferConfig, load_transfer_config
+from tomopipe.tasks.sources.spec import ScanSpec
+from tomopipe.tasks.staging.manifest import Manifest, manifest_from_documents
+from tomopipe.tasks.staging.scan import manifest_for_spec, relocate_spec
+from tomopipe.tasks.transfer.backpressure import ensure_transfer_limits, transfer_slot
+from tomopipe.tasks.transfer.base import TransferError, TransferReport
+from tomopipe.tasks.transfer.ledger import ledger_dir
+from tomopipe.tasks.transfer.movers import (
+    manifest_algorithm,
+    move_results,
+    move_run,
+    run_destination,
+)
+from tomopipe.tasks.transfer.sites import TransferConfig, load_transfer_config
 
 
 def _config(cfg: TransferConfig | None) -> TransferConfig:

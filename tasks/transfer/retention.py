@@ -25,10 +25,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks.paths import is_under_roots
-from tasks.staging.checksum import verify_file
-from tasks.transfer.ledger import CopyRecord, copies_by_source
-from tasks.transfer.sites import RetentionPolicy
+from tomopipe.tasks.paths import is_under_roots
+from tomopipe.tasks.staging.checksum import verify_file
+from tomopipe.tasks.transfer.ledger import CopyRecord, copies_by_source
+from tomopipe.tasks.transfer.sites import RetentionPolicy
 
 DAY = 86400.0
 

@@ -33,7 +33,7 @@ def add_parser(subparsers) -> None:
 
 
 def parameters(args: argparse.Namespace, home: Path) -> dict:
-    from tasks.runs import parse_time
+    from tomopipe.tasks.runs import parse_time
 
     for t in (args.since, args.until):
         parse_time(t)  # bad times fail here, with a clear message, not in the flow
@@ -44,8 +44,8 @@ def parameters(args: argparse.Namespace, home: Path) -> dict:
 def run(args: argparse.Namespace) -> int:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from tasks.runs import services_of
     from tomopipe.config import home as default_home
+    from tomopipe.tasks.runs import services_of
 
     home = default_home()
     state = services_of(home)
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     # (then a changed variable is ignored and runs go to a throw-away ephemeral server).
     with temporary_settings(updates={PREFECT_API_URL: state["prefect_api"]}):
         if args.local:
-            from flows.backfill import backfill
+            from tomopipe.flows.backfill import backfill
 
             summary = backfill(**params)
         else:

@@ -74,7 +74,7 @@ def _workers(text: str) -> int:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from tasks.recon.params import ALGORITHMS, FILTERS, RING_METHODS
+    from tomopipe.tasks.recon.params import ALGORITHMS, FILTERS, RING_METHODS
 
     p = subparsers.add_parser(
         "recon",
@@ -128,7 +128,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _params(args):
-    from tasks.recon.params import ReconParams
+    from tomopipe.tasks.recon.params import ReconParams
 
     return ReconParams(
         algorithm=args.algorithm, backend=args.backend, filter_name=args.filter_name,
@@ -144,11 +144,11 @@ def _candidates(start: float, stop: float, step: float) -> list[float]:
 
 
 def run(args) -> int:
-    from tasks.recon import engine
-    from tasks.sources import open_scan
+    from tomopipe.tasks.recon import engine
+    from tomopipe.tasks.sources import open_scan
 
     if args.memory_limit is not None:
-        from infra.cluster import parse_memory
+        from tomopipe.infra.cluster import parse_memory
 
         parse_memory(args.memory_limit)
     if args.scheduler and args.workers is not None:

@@ -21,9 +21,9 @@ def add_parser(subparsers) -> None:
 
 def list_runs(home: Path, limit: int | None = None) -> list[dict]:
     """Catalog runs (tomography only) joined with the results table, oldest first."""
-    from tasks import catalog_writeback, runs
-    from tasks.sources.bluesky_run import is_tomo_run
     from tomopipe.config import load_settings
+    from tomopipe.tasks import catalog_writeback, runs
+    from tomopipe.tasks.sources.bluesky_run import is_tomo_run
 
     settings = load_settings(home)
     results = catalog_writeback.read_all(home)

@@ -57,7 +57,7 @@ def _env_port(name: str) -> int | None:
 
 
 def run_up(args: argparse.Namespace) -> int:
-    from infra import services
+    from tomopipe.infra import services
 
     settings = load_settings()
     ports = services.Ports(**{
@@ -77,7 +77,7 @@ def run_up(args: argparse.Namespace) -> int:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from infra import services
+    from tomopipe.infra import services
 
     home = default_home()
     state = services.status(home)
@@ -102,7 +102,7 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def run_down(args: argparse.Namespace) -> int:
-    from infra import services
+    from tomopipe.infra import services
 
     home = default_home()
     stopped = services.down(home, timeout=args.timeout)

@@ -50,7 +50,7 @@ def bus_address(args: argparse.Namespace, settings) -> tuple[str | None, str]:
         return None, serializer or "pickle"
     if args.zmq:
         return args.zmq, serializer or "pickle"
-    from infra.state import read_services
+    from tomopipe.infra.state import read_services
 
     services = read_services(settings.home) or {}
     address = services.get("zmq_in")
@@ -62,8 +62,8 @@ def bus_address(args: argparse.Namespace, settings) -> tuple[str | None, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from infra.simulator.run import progress_printer, simulate
     from tomopipe.config import load_settings
+    from tomopipe.infra.simulator.run import progress_printer, simulate
 
     settings = load_settings()
     # The RunEngine logs an expected abort with a traceback; failures still raise from simulate.
