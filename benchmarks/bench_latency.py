@@ -46,7 +46,8 @@ def live_flow_run(api: str, uid: str, timeout: float) -> dict:
 def measure(home: Path, state: dict, *, size: int, rows: int, angles: int, fps: float | None,
             timeout: float) -> dict:
     from tomopipe.infra.simulator.run import simulate
-    from tomopipe.tasks import catalog_writeback, runs
+    from tomopipe.tasks import catalog as runs
+    from tomopipe.tasks import results_table
 
     from tomopipe.config import load_settings
 
@@ -54,7 +55,7 @@ def measure(home: Path, state: dict, *, size: int, rows: int, angles: int, fps: 
                    sample="latency-bench", publish_to=state["zmq_in"])
     fr = live_flow_run(state["prefect_api"], uid, timeout)
     start, stop = runs.run_metadata(runs.catalog_for_home(home)[uid])
-    row = catalog_writeback.read_one(home, uid)
+    row = results_table.read_one(home, uid)
     if fr["state_type"] != "COMPLETED" or row["state"] != "completed":
         return {"uid": uid, "error": fr["state"].get("message")}
     recon_s = float(row["details"]["recon_s"])
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
     p.add_argument("--up", action="store_true", help="start the services of the home first")
     args = p.parse_args(argv)
 
-    from tomopipe.tasks.runs import services_of
+    from tomopipe.tasks.catalog import services_of
 
     from tomopipe.config import home as default_home
     from tomopipe.config import load_settings

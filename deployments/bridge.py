@@ -248,7 +248,7 @@ class Bridge:
 
     def reconcile(self, catalog, lookback_s: float = 86400.0) -> list[tuple[str, str]]:
         """Emit the events missing for recent runs of the catalog; returns what it emitted."""
-        from tomopipe.tasks.runs import recent_runs, run_metadata
+        from tomopipe.tasks.catalog import recent_runs, run_metadata
 
         emitted = []
         for uid in recent_runs(catalog, lookback_s):
@@ -276,7 +276,7 @@ def build(home: Path, *, writer_on: bool = True, kafka: dict | None = None):
     from tomopipe.deployments.bus import KafkaSubscriber, ZmqSubscriber
     from tomopipe.deployments.catalog_writer import CatalogWriter, NullWriter
     from tomopipe.deployments.events import PrefectEmitter
-    from tomopipe.tasks.runs import connect_catalog, services_of
+    from tomopipe.tasks.catalog import connect_catalog, services_of
 
     from tomopipe.config import load_settings
 
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
-    from tomopipe.tasks.runs import services_of
+    from tomopipe.tasks.catalog import services_of
 
     from tomopipe.config import home as default_home
 

@@ -14,7 +14,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 from tomopipe.flows.single_run import reconstruct_scan, record_unexpected
-from tomopipe.tasks import catalog_writeback
+from tomopipe.tasks import results_table
 from tomopipe.tasks.recon_tasks import already_done, recon_params, record_state, run_output
 from tomopipe.tasks.run_tasks import find_runs, home_of, resolve_run
 
@@ -56,7 +56,7 @@ def backfill(plan: str | None = None, since: str | None = None, until: str | Non
     recon = recon_params(settings, params)
     matched = find_runs(str(h), plan=plan, since=since, until=until, sample=sample)
     rows, todo = [], []
-    results = catalog_writeback.read_all(h)
+    results = results_table.read_all(h)
     for run in matched:
         uid = run["uid"]
         if not run["stop"]:

@@ -1,7 +1,7 @@
 """Prefect tasks around the reconstruction engine: parameters, output path, reconstruct, publish.
 
 ``publish`` turns a result into what the Prefect UI shows (preview image, table of figures,
-link to the volume) and records it (``tasks.catalog_writeback``).
+link to the volume) and records it (``tasks.results_table``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
-from tomopipe.tasks import catalog_writeback
+from tomopipe.tasks import results_table
 from tomopipe.tasks.recon.params import ReconParams, output_key
 from tomopipe.tasks.run_tasks import RETRY, home_of
 from tomopipe.tasks.sources.spec import ScanSpec
@@ -125,7 +125,7 @@ def publish(home: str | None, source: str, plan_name: str | None, result: dict,
                              description=f"reconstruction of {source}")
     create_link_artifact(out.as_uri(), link_text=str(out), key=f"{artifact_key}-volume",
                          description="the OME-Zarr volume")
-    row = catalog_writeback.record(h, source, "completed", plan_name=plan_name, output=str(out),
+    row = results_table.record(h, source, "completed", plan_name=plan_name, output=str(out),
                                    key=result["key"], center=result["center"],
                                    details={"preview": str(png), **figures})
     _mirror(h, source, row)
@@ -153,14 +153,14 @@ def _preview_markdown(source: str, out: Path, png: Path, figures: dict) -> str:
 
 def _mirror(home: Path, source: str, row: dict) -> None:
     """Best-effort copy of the record into the catalog (runs only, not files)."""
-    from tomopipe.tasks import runs
+    from tomopipe.tasks import catalog as runs
 
     try:
         catalog = runs.catalog_for_home(home)
     except Exception:
         return
     if source in catalog:
-        catalog_writeback.mirror_to_catalog(catalog, source, row)
+        results_table.mirror_to_catalog(catalog, source, row)
 
 
 def record_state(home: str | None, source: str, state: str, *, plan_name: str | None = None,
@@ -174,7 +174,7 @@ def record_state(home: str | None, source: str, state: str, *, plan_name: str | 
         flow_run_id = flow_run.id
     except Exception:
         pass
-    row = catalog_writeback.record(h, source, state, plan_name=plan_name, message=message,
+    row = results_table.record(h, source, state, plan_name=plan_name, message=message,
                                    flow_run_id=flow_run_id)
     if mirror:
         _mirror(h, source, row)

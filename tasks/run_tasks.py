@@ -1,6 +1,6 @@
 """Prefect tasks about runs: find them, follow one as it lands, resolve it to a ScanSpec, stage.
 
-Thin wrappers over ``tasks.runs`` (catalog access) and ``tasks.sources``; retried on transient
+Thin wrappers over ``tasks.catalog`` (catalog access) and ``tasks.sources``; retried on transient
 faults (a service that cannot be reached), never on bad input.
 """
 
@@ -13,7 +13,7 @@ import httpx
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
-from tomopipe.tasks import runs
+from tomopipe.tasks import catalog as runs
 from tomopipe.tasks.sources.spec import ScanSpec
 
 from tomopipe.config import load_settings
@@ -84,9 +84,9 @@ def follow_run(uid: str, home: str | None = None, *, poll_s: float = 0.25,
             time.sleep(poll_s)
     start, stop = runs.run_metadata(run)
     expected = _expected_frames(start)
-    from tomopipe.tasks import catalog_writeback
+    from tomopipe.tasks import results_table
 
-    catalog_writeback.record(home_of(home), uid, "waiting", plan_name=start.get("plan_name"))
+    results_table.record(home_of(home), uid, "waiting", plan_name=start.get("plan_name"))
     artifact = create_progress_artifact(0.0, description=f"frames landed of run {uid}")
     last_count, last_change, last_look = -1, time.monotonic(), 0.0
     while True:

@@ -173,7 +173,7 @@ def _ledger_events(home, uid):
 
 
 def _in_catalog_stopped(home, uid):
-    from tomopipe.tasks import runs
+    from tomopipe.tasks import catalog as runs
 
     catalog = runs.catalog_for_home(home)
     try:
@@ -237,10 +237,10 @@ def test_bridge_killed_mid_run_reconstructs_once(e2_services, session_processes)
     time.sleep(3)
     assert len(flow_runs(state, LIVE, uid)) == 1
     assert _ledger_events(home, uid) == {START, STOP}
-    from tomopipe.tasks import catalog_writeback
+    from tomopipe.tasks import results_table
     from tomopipe.tasks.storage.omezarr import is_complete
 
-    row = catalog_writeback.read_one(home, uid)
+    row = results_table.read_one(home, uid)
     assert row["state"] == "completed" and is_complete(row["output"])
     import zarr
 
@@ -332,7 +332,7 @@ def test_run_written_when_a_killed_catalog_server_comes_back(tmp_path):
     same port and database: the bridge writes the whole run from its journal, then emits."""
     from tomopipe.deployments.catalog_writer import CatalogWriter
     from tomopipe.infra import processes, tiled_server
-    from tomopipe.tasks.runs import connect_catalog, run_metadata
+    from tomopipe.tasks.catalog import connect_catalog, run_metadata
 
     from tomopipe.config import load_settings
 

@@ -25,7 +25,7 @@ from test_flows_support import (  # noqa: F401  (e2_services is a fixture)
     publish,
     wait_for,
 )
-from tomopipe.tasks import catalog_writeback
+from tomopipe.tasks import results_table
 from tomopipe.tasks.storage.omezarr import is_complete, read_provenance
 
 from tomopipe.cli import main as cli
@@ -61,7 +61,7 @@ def test_live_scan_is_reconstructed(e2_services):  # noqa: F811
     fr = final_run(state, LIVE, uid, 240)
     assert fr["state_type"] == "COMPLETED", fr["state"]["message"]
 
-    row = catalog_writeback.read_one(home, uid)
+    row = results_table.read_one(home, uid)
     out = Path(row["output"])
     assert row["state"] == "completed" and is_complete(out)
     assert read_provenance(out)["key"] == row["key"]
@@ -75,7 +75,7 @@ def test_live_scan_is_reconstructed(e2_services):  # noqa: F811
     assert corr > 0.8, corr
     assert Path(row["details"]["preview"]).stat().st_size > 100
 
-    from tomopipe.tasks import runs
+    from tomopipe.tasks import catalog as runs
 
     mirrored = dict(runs.catalog_for_home(home)[uid].metadata)["tomopipe"]  # linked to the run
     assert mirrored["state"] == "completed" and mirrored["output"] == str(out)
@@ -100,7 +100,7 @@ def test_aborted_scan_fails_with_its_reason(e2_services):  # noqa: F811
     fr = final_run(state, LIVE, uid, 240)
     assert fr["state_type"] == "FAILED"
     assert "abort" in fr["state"]["message"], fr["state"]["message"]
-    row = catalog_writeback.read_one(home, uid)
+    row = results_table.read_one(home, uid)
     assert row["state"] == "failed" and row["output"] is None and "abort" in row["message"]
     from tomopipe.config import load_settings
 
@@ -115,7 +115,7 @@ def test_backfill_then_everything_is_skipped(e2_services):  # noqa: F811
     home, state = e2_services
     from tomopipe.deployments.catalog_writer import CatalogWriter
     from tomopipe.infra.simulator.run import simulate
-    from tomopipe.tasks import runs
+    from tomopipe.tasks import catalog as runs
 
     from tomopipe.config import load_settings
 
@@ -133,7 +133,7 @@ def test_backfill_then_everything_is_skipped(e2_services):  # noqa: F811
     first = _cli_json("backfill", "--sample", "backfill-test", "--json")
     assert first == {"matched": 2, "reconstructed": 2, "skipped": 0, "failed": 0}, first
     for uid in uids:
-        row = catalog_writeback.read_one(home, uid)
+        row = results_table.read_one(home, uid)
         assert row["state"] == "completed" and is_complete(row["output"])
     again = _cli_json("backfill", "--sample", "backfill-test", "--json")
     assert again == {"matched": 2, "reconstructed": 0, "skipped": 2, "failed": 0}, again
@@ -153,7 +153,7 @@ def test_single_run_by_file(e2_services, tmp_path):  # noqa: F811
     volume = zarr.open_array(str(Path(result["output"]) / "0"), mode="r")[:]
     corr = np.corrcoef(volume.ravel(), scan["truth"].ravel())[0, 1]
     assert corr > 0.8, corr
-    row = catalog_writeback.read_one(home, str(path.resolve()))
+    row = results_table.read_one(home, str(path.resolve()))
     assert row["state"] == "completed" and row["output"] == result["output"]
     # bad input ends Failed with a message naming it, not a traceback
     state_ = single_run(path=str(tmp_path / "missing.h5"), workers=0, home=str(home),
@@ -179,7 +179,7 @@ def test_an_unforeseen_fault_is_recorded_not_left_running(e2_services, tmp_path,
     monkeypatch.setattr(single, "reconstruct_volume", broken)
     state_ = single.single_run(path=str(path), workers=0, home=str(home), return_state=True)
     assert state_.is_failed()
-    row = catalog_writeback.read_one(home, str(path.resolve()))
+    row = results_table.read_one(home, str(path.resolve()))
     assert row["state"] == "failed" and "RuntimeError: a worker vanished" in row["message"]
 
 

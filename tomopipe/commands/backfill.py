@@ -33,7 +33,7 @@ def add_parser(subparsers) -> None:
 
 
 def parameters(args: argparse.Namespace, home: Path) -> dict:
-    from tomopipe.tasks.runs import parse_time
+    from tomopipe.tasks.catalog import parse_time
 
     for t in (args.since, args.until):
         parse_time(t)  # bad times fail here, with a clear message, not in the flow
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from tomopipe.config import home as default_home
-    from tomopipe.tasks.runs import services_of
+    from tomopipe.tasks.catalog import services_of
 
     home = default_home()
     state = services_of(home)

@@ -22,11 +22,12 @@ def add_parser(subparsers) -> None:
 def list_runs(home: Path, limit: int | None = None) -> list[dict]:
     """Catalog runs (tomography only) joined with the results table, oldest first."""
     from tomopipe.config import load_settings
-    from tomopipe.tasks import catalog_writeback, runs
+    from tomopipe.tasks import catalog as runs
+    from tomopipe.tasks import results_table
     from tomopipe.tasks.sources.bluesky_run import is_tomo_run
 
     settings = load_settings(home)
-    results = catalog_writeback.read_all(home)
+    results = results_table.read_all(home)
     catalog = runs.catalog_for_home(home)
     listed: list[dict] = []
     seen = set()
