@@ -1,20 +1,164 @@
-"""Where tomopipe keeps its state, and the settings file under it.
+"""Where tomopipe keeps its state, and the settings of a home.
 
 All state (databases, logs, data root, outputs) lives under ``$TOMOPIPE_HOME``, by default the
 user's data directory, so two homes can run side by side.
+
+The settings are ``$TOMOPIPE_HOME/config.yaml`` (optional) over the embedded defaults, checked by
+pydantic. The addresses of the home's services are configuration too (``services:``); each one
+can be overridden from the environment as ``TOMOPIPE_SERVICES__<NAME>``, e.g.
+``TOMOPIPE_SERVICES__TILED=http://tiled:8000``. ``tomopipe up`` writes the ports it picks the
+first time into config.yaml (``record_service_addresses``), so the addresses, the Prefect UI's
+among them, stay the same across restarts.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import re
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tomopipe.errors import ConfigError
 
+# The one list of default tomography plans: a run is a tomography run when its start document
+# has a ``tomo`` mapping or its plan name is one of ``tomo_plans`` (config.yaml).
 DEFAULT_TOMO_PLANS = ("tomo_scan",)
+
+_HTTP = re.compile(r"^https?://[^\s/:]+(:\d{1,5})?(/\S*)?$")
+_TCP = re.compile(r"^tcp://[^\s/:]+:\d{1,5}$")
+
+
+def _address(pattern: re.Pattern, example: str):
+    def check(value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not pattern.match(value):
+            raise ValueError(f"expected an address such as {example}, got {value!r}")
+        return value.rstrip("/")
+    return AfterValidator(check)
+
+
+HttpAddress = Annotated[str, _address(_HTTP, "http://127.0.0.1:4200/api")]
+TcpAddress = Annotated[str, _address(_TCP, "tcp://127.0.0.1:8786")]
+
+
+class ServiceAddresses(BaseModel):
+    """Where the services of a home listen. None: not configured (``tomopipe up`` picks a free
+    loopback port for it and records it)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prefect_api: HttpAddress | None = None  # http://127.0.0.1:P/api
+    prefect_ui: HttpAddress | None = None  # default: prefect_api without /api
+    tiled: HttpAddress | None = None
+    zmq_in: TcpAddress | None = None  # the document bus: publishers send here
+    zmq_out: TcpAddress | None = None  # ... and subscribers read here
+    dask_scheduler: TcpAddress | None = None
+    dask_dashboard: HttpAddress | None = None
+    work_pool: str = "tomopipe"
+
+    @model_validator(mode="after")
+    def _ui_from_api(self):
+        if self.prefect_ui is None and self.prefect_api is not None:
+            object.__setattr__(self, "prefect_ui", self.prefect_api.removesuffix("/api"))
+        return self
+
+    def port(self, name: str) -> int | None:
+        """The port of one address, or None when it is not set."""
+        value = getattr(self, name)
+        if not value:
+            return None
+        m = re.match(r"^\w+://[^/:]+:(\d+)", value)
+        return int(m.group(1)) if m else None
+
+
+class BusSettings(BaseModel):
+    """The 0MQ document bus (deployments/bus.py). ``serializer``: msgpack (default) or json run
+    no code; pickle runs whatever a message names, so it is only used when asked for here, and
+    the bridge and ``tomopipe up`` warn about it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    serializer: Literal["msgpack", "json", "pickle"] = "msgpack"
+
+
+class Settings(BaseModel):
+    """The settings of one home, resolved (home-relative defaults filled in)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    home: Path
+    data_roots: list[Path] = Field(default_factory=list)
+    output_root: Path | None = None
+    tomo_plans: tuple[str, ...] = DEFAULT_TOMO_PLANS
+    beamline: str = "sim"
+    recon: dict[str, Any] = Field(default_factory=dict)  # defaults for ReconParams fields
+    sites: dict[str, Any] = Field(default_factory=dict)  # parsed by tasks.transfer.sites
+    transfer: dict[str, Any] = Field(default_factory=dict)
+    retention: dict[str, Any] = Field(default_factory=dict)
+    cluster: dict[str, Any] = Field(default_factory=dict)  # parsed by infra.cluster
+    services: ServiceAddresses = Field(default_factory=ServiceAddresses)
+    bus: BusSettings = Field(default_factory=BusSettings)
+
+    @field_validator("recon", "sites", "transfer", "retention", "cluster", "services",
+                     "bus", mode="before")
+    @classmethod
+    def _mapping(cls, value):
+        if value is None:
+            return {}
+        if not isinstance(value, dict | BaseModel):
+            raise ValueError("must be a mapping")
+        return value
+
+    @field_validator("data_roots", mode="before")
+    @classmethod
+    def _roots(cls, value):
+        if not isinstance(value, list) or not all(isinstance(r, str | Path) for r in value):
+            raise ValueError("must be a list of paths")
+        return value
+
+    @field_validator("tomo_plans", mode="before")
+    @classmethod
+    def _plans(cls, value):
+        if not isinstance(value, list | tuple) or not all(isinstance(p, str) for p in value):
+            raise ValueError("must be a list of plan names")
+        return tuple(value)
+
+    @model_validator(mode="after")
+    def _home_relative(self):
+        home = self.home.expanduser().resolve()
+        roots = self.data_roots or [home / "data"]
+        object.__setattr__(self, "home", home)
+        object.__setattr__(self, "data_roots",
+                           [Path(r).expanduser().resolve() for r in roots])
+        object.__setattr__(self, "output_root",
+                           Path(self.output_root or home / "volumes").expanduser().resolve())
+        return self
+
+    @property
+    def config_file(self) -> Path:
+        return self.home / "config.yaml"
+
+
+class _Environment(BaseSettings):
+    """What the environment overrides: ``TOMOPIPE_SERVICES__TILED=...`` and so on."""
+
+    model_config = SettingsConfigDict(env_prefix="TOMOPIPE_", env_nested_delimiter="__",
+                                      extra="ignore")
+
+    services: dict[str, str] = Field(default_factory=dict)
 
 
 def home() -> Path:
@@ -26,69 +170,70 @@ def home() -> Path:
     return Path(platformdirs.user_data_dir("tomopipe")).resolve()
 
 
-@dataclass
-class Settings:
-    home: Path
-    data_roots: list[Path]
-    output_root: Path
-    tomo_plans: tuple[str, ...] = DEFAULT_TOMO_PLANS
-    beamline: str = "sim"
-    recon: dict = field(default_factory=dict)  # defaults for ReconParams fields
-    sites: dict = field(default_factory=dict)  # parsed by tasks.transfer.sites
-    transfer: dict = field(default_factory=dict)
-    retention: dict = field(default_factory=dict)
-    cluster: dict = field(default_factory=dict)  # parsed by infra.cluster
-
-    @property
-    def config_file(self) -> Path:
-        return self.home / "config.yaml"
+def _read_yaml(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return raw
 
 
-_KNOWN = {"data_roots", "output_root", "tomo_plans", "beamline", "recon", "sites", "transfer",
-          "retention", "cluster"}
+def _one_line(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{where} {message}" if message.startswith("must ") else f"{where}: {message}"
 
 
-def load_settings(home_dir: Path | None = None) -> Settings:
-    """Read ``$TOMOPIPE_HOME/config.yaml`` (optional) over the embedded defaults."""
-    root = Path(home_dir) if home_dir else home()
+def load_settings(home_dir: Path | str | None = None) -> Settings:
+    """The settings of ``home_dir`` (default ``$TOMOPIPE_HOME``): its config.yaml over the
+    embedded defaults, with ``TOMOPIPE_SERVICES__*`` environment variables over both."""
+    root = Path(home_dir).expanduser().resolve() if home_dir else home()
     cfg_path = root / "config.yaml"
-    raw: dict = {}
-    if cfg_path.exists():
-        try:
-            raw = yaml.safe_load(cfg_path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{cfg_path}: not valid YAML: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{cfg_path}: expected a mapping at the top level")
-        unknown = set(raw) - _KNOWN
-        if unknown:
-            raise ConfigError(f"{cfg_path}: unknown setting(s) {sorted(unknown)}; "
-                              f"known: {sorted(_KNOWN)}")
-    roots = raw.get("data_roots") or [str(root / "data")]
-    if not isinstance(roots, list) or not all(isinstance(r, str) for r in roots):
-        raise ConfigError(f"{cfg_path}: data_roots must be a list of paths")
-    plans = raw.get("tomo_plans", list(DEFAULT_TOMO_PLANS))
-    if not isinstance(plans, list) or not all(isinstance(p, str) for p in plans):
-        raise ConfigError(f"{cfg_path}: tomo_plans must be a list of plan names")
-    for section in ("recon", "sites", "transfer", "retention", "cluster"):
-        if not isinstance(raw.get(section, {}), dict):
-            raise ConfigError(f"{cfg_path}: {section} must be a mapping")
-    if raw.get("cluster"):
+    raw = _read_yaml(cfg_path)
+    known = set(Settings.model_fields) - {"home"}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"{cfg_path}: unknown setting(s) {sorted(unknown)}; "
+                          f"known: {sorted(known)}")
+    env = _Environment().services
+    if env:
+        services = raw.get("services") if isinstance(raw.get("services"), dict) else {}
+        raw = {**raw, "services": {**services, **{k.lower(): v for k, v in env.items()}}}
+    try:
+        settings = Settings(home=root, **raw)
+    except ValidationError as exc:
+        where = cfg_path if not env else f"{cfg_path} (or TOMOPIPE_SERVICES__* variables)"
+        raise ConfigError(f"{where}: {_one_line(exc)}") from None
+    if settings.cluster:
         from tomopipe.infra.cluster import parse_cluster_config  # no cluster is started
 
         try:
-            parse_cluster_config(raw["cluster"])
+            parse_cluster_config(settings.cluster)
         except ConfigError as exc:
             raise ConfigError(f"{cfg_path}: {exc}") from exc
-    return Settings(
-        home=root,
-        data_roots=[Path(r).expanduser().resolve() for r in roots],
-        output_root=Path(raw.get("output_root") or root / "volumes").expanduser().resolve(),
-        tomo_plans=tuple(plans),
-        beamline=str(raw.get("beamline", "sim")),
-        recon=raw.get("recon", {}),
-        sites=raw.get("sites", {}),
-        transfer=raw.get("transfer", {}),
-        retention=raw.get("retention", {}),
-        cluster=raw.get("cluster", {}),
-    )
+    return settings
+
+
+def record_service_addresses(home_dir: Path, addresses: dict[str, str]) -> None:
+    """Write the addresses ``tomopipe up`` picked into config.yaml, when it has no ``services``
+    section yet (a section a person wrote is left as it is). Appended as text, so the comments
+    and layout of the file stay."""
+    cfg_path = Path(home_dir) / "config.yaml"
+    if "services" in _read_yaml(cfg_path) or not addresses:
+        return
+    block = yaml.safe_dump({"services": addresses}, sort_keys=False)
+    text = cfg_path.read_text() if cfg_path.exists() else ""
+    if text and not text.endswith("\n"):
+        text += "\n"
+    text += ("# Addresses of this home's services, picked by `tomopipe up` the first time; edit "
+             "them to move a\n# service (or override one with TOMOPIPE_SERVICES__<NAME>).\n"
+             + block)
+    cfg_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cfg_path.with_name(".config.yaml.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, cfg_path)

@@ -21,10 +21,11 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-from tomopipe.tasks.recon.params import ReconParams, output_key
+from tomopipe.tasks.recon.params import ReconParams
 from tomopipe.tasks.recon.planning import ChunkPlan, plan
 from tomopipe.tasks.sources.spec import ScanSpec
 from tomopipe.tasks.storage import publish
+from tomopipe.tasks.storage.location import volume_key
 from tomopipe.tasks.storage.omezarr import create_volume
 
 from tomopipe import __version__
@@ -259,8 +260,7 @@ def reconstruct(spec: ScanSpec, params: ReconParams, out: str | os.PathLike, *, 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     out = Path(out)
-    identity = spec.identity or os.path.abspath(spec.label)
-    key = output_key(identity, params, __version__)
+    key = volume_key(spec, params)  # the one place that decides keys and paths
     rows = resolve_rows(spec, params)
     shape = (rows[1] - rows[0], spec.n_cols, spec.n_cols)
 

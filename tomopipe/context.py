@@ -1,0 +1,86 @@
+"""The run context: everything a flow run needs to know about its home, resolved once.
+
+A flow builds it once from its ``home`` parameter (``run_context(home)``) and passes it to the
+tasks that need it, so no task reads the settings, the service addresses or the state file
+again. It holds:
+
+- ``settings``: config.yaml over the defaults (data roots, output root, tomography plans, ...);
+- ``services``: the addresses of the home's services (Prefect API, Tiled, Dask scheduler, ...),
+  from the configuration (and ``TOMOPIPE_SERVICES__*``), or from a state file that
+  ``infra/production/bootstrap.py`` wrote;
+- ``tiled_api_key``: the catalog's key of the running services (never printed);
+- ``running``: whether ``tomopipe up`` (or the bootstrap) has services up for this home.
+
+``prefect_api_scope`` is the one way tomopipe points Prefect's client at a server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tomopipe.config import ServiceAddresses, Settings, home, load_settings
+from tomopipe.errors import ServiceError
+
+
+@dataclass(frozen=True)
+class RunContext:
+    settings: Settings
+    services: ServiceAddresses
+    tiled_api_key: str | None = field(default=None, repr=False)
+    running: bool = False
+
+    @property
+    def home(self) -> Path:
+        return self.settings.home
+
+    @property
+    def data_roots(self) -> list[Path]:
+        return self.settings.data_roots
+
+    @property
+    def output_root(self) -> Path:
+        return self.settings.output_root
+
+    @property
+    def tomo_plans(self) -> tuple[str, ...]:
+        return self.settings.tomo_plans
+
+    def address(self, name: str) -> str:
+        """The address of one service (``tiled``, ``prefect_api``, ...), or a ServiceError
+        that says how to get one."""
+        value = getattr(self.services, name)
+        if not self.running or not value:
+            raise ServiceError(f"no services are running for {self.home}: start them with "
+                               f"`tomopipe up` (no {name} address)")
+        return value
+
+
+def run_context(home_dir: str | Path | None = None) -> RunContext:
+    """The context of ``home_dir`` (default ``$TOMOPIPE_HOME``)."""
+    from tomopipe.infra.state import read_services
+
+    settings = load_settings(Path(home_dir) if home_dir else home())
+    state = read_services(settings.home) or {}
+    configured = settings.services.model_dump(exclude_unset=True)
+    # Addresses a production bootstrap recorded in the state file fill what is not configured.
+    recorded = {k: state[k] for k in ServiceAddresses.model_fields
+                if state.get(k) and k not in configured}
+    services = ServiceAddresses(**{**recorded, **configured}) if recorded else settings.services
+    return RunContext(settings=settings, services=services,
+                      tiled_api_key=state.get("tiled_api_key"), running=bool(state))
+
+
+@contextlib.contextmanager
+def prefect_api_scope(api_url: str):
+    """Point this process's Prefect client at ``api_url`` for a block.
+
+    Prefect's settings, not ``os.environ``: Prefect may have read its settings already in this
+    process, and then a changed variable is ignored (runs and events would go to a throw-away
+    ephemeral server).
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        yield
