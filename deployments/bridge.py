@@ -1,13 +1,15 @@
 """The Bluesky-to-Prefect bridge: documents off the bus -> catalog -> Prefect events.
 
 Every document is written to the catalog first; only then does the bridge emit
-``bluesky.run.start`` / ``bluesky.run.stop``, so a flow woken by the event finds the run.
-A malformed document is logged and skipped. A durable ledger keeps events to one per run, and
-at start-up the bridge reconciles: open runs are rebuilt from the journal, and recent runs in
-the catalog that lack an event (they came while the bridge was down) get it. When the catalog
-cannot take a run's document (Tiled down), the run is stalled: its documents go on into the
-journal only, its events wait, and every retry period the bridge tries to write the run again
-from the journal; once that works the run goes on as if nothing had happened.
+``bluesky.run.start`` / ``bluesky.run.stop``, so a flow woken by the event finds the run. A
+malformed document is logged and skipped; a message that does not decode (deployments/bus.py,
+msgpack by default, which runs no code) is logged with its topic and dropped. A durable ledger
+keeps events to one per run, and at start-up the bridge reconciles: open runs are rebuilt from
+the journal, and recent runs in the catalog that lack an event (they came while the bridge was
+down) get it. When the catalog cannot take a run's document (Tiled down), the run is stalled:
+its documents go on into the journal only, its events wait, and every retry period the bridge
+tries to write the run again from the journal; once that works the run goes on as if nothing had
+happened.
 
 Run it as ``python -m tomopipe.deployments.bridge --home H`` (``tomopipe up`` does).
 """
@@ -273,16 +275,23 @@ class Bridge:
 # -- the process -------------------------------------------------------------------------------
 def build(home: Path, *, writer_on: bool = True, kafka: dict | None = None):
     """(bridge, subscriber, catalog) for the services of ``home``."""
-    from tomopipe.deployments.bus import KafkaSubscriber, ZmqSubscriber
+    from tomopipe.deployments.bus import (
+        DEFAULT_SERIALIZER,
+        PICKLE_WARNING,
+        KafkaSubscriber,
+        ZmqSubscriber,
+    )
     from tomopipe.deployments.catalog_writer import CatalogWriter, NullWriter
     from tomopipe.deployments.events import PrefectEmitter
-    from tomopipe.tasks.catalog import connect_catalog, services_of
+    from tomopipe.infra.state import read_services
+    from tomopipe.tasks.catalog import catalog_for
 
-    from tomopipe.config import load_settings
+    from tomopipe.context import run_context
 
-    settings = load_settings(home)
-    state = services_of(home)
-    catalog = connect_catalog(state["tiled"], state.get("tiled_api_key"))
+    ctx = run_context(home)
+    settings = ctx.settings
+    state = read_services(home) or {}
+    catalog = catalog_for(ctx)
     writer = CatalogWriter(catalog) if writer_on else NullWriter()
     state_dir = Path(home) / "bridge"
     bridge = Bridge(writer, PrefectEmitter(), Ledger(state_dir / "ledger.sqlite"),
@@ -291,7 +300,10 @@ def build(home: Path, *, writer_on: bool = True, kafka: dict | None = None):
     if kafka:
         subscriber = KafkaSubscriber(**kafka)
     else:
-        subscriber = ZmqSubscriber(state["zmq_out"], state.get("zmq_serializer", "pickle"))
+        kind = state.get("zmq_serializer") or DEFAULT_SERIALIZER
+        if kind == "pickle":
+            log.warning(PICKLE_WARNING)
+        subscriber = ZmqSubscriber(ctx.address("zmq_out"), kind)
     return bridge, subscriber, catalog
 
 
@@ -311,14 +323,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
-    from tomopipe.tasks.catalog import services_of
-
     from tomopipe.config import home as default_home
+    from tomopipe.context import run_context
 
     home = (args.home or default_home()).resolve()
-    state = services_of(home)
-    # before Prefect reads its settings: without it events go to a throw-away server
-    os.environ["PREFECT_API_URL"] = state["prefect_api"]
+    # The process's own environment, before Prefect reads its settings (the emitter's threads
+    # do not see a scope set in this one): without it events go to a throw-away server.
+    os.environ["PREFECT_API_URL"] = run_context(home).address("prefect_api")
     kafka = None
     if args.kafka_bootstrap:
         kafka = {"topics": args.kafka_topic or ["bluesky.documents"],

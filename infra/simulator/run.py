@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
 import sys
 import threading
 import time
@@ -24,18 +23,16 @@ from tomopipe.errors import InputError, ServiceError
 # 0MQ PUB sockets drop what is sent before the subscription has travelled back from the proxy
 # (the "slow joiner"): wait this long after connecting before the plan starts.
 CONNECT_GRACE_S = 1.5
-SERIALIZERS = ("pickle", "msgpack")
 TOMO_MD_VERSION = 1
 
 
 def serializer_for(name: str) -> Callable[[dict], bytes]:
-    if name == "pickle":
-        return pickle.dumps
-    if name == "msgpack":
-        import msgpack
+    """How documents are packed for the bus (the codec is the bridge's: deployments/bus.py)."""
+    from tomopipe.deployments.bus import SERIALIZERS, serializer
 
-        return msgpack.packb
-    raise InputError("--serializer", f"unknown serializer {name!r}; choose from {SERIALIZERS}")
+    if name not in SERIALIZERS:
+        raise InputError("--serializer", f"unknown serializer {name!r}; choose from {SERIALIZERS}")
+    return serializer(name)
 
 
 def _next_scan_id(home: Path) -> int:
@@ -80,7 +77,7 @@ def make_renderer(size: int, rows: int) -> tuple[Callable[[float], object], dict
 
 
 def simulate(settings: Settings, *, size: int, rows: int, angles: int, fps: float | None,
-             sample: str, publish_to: str | None = None, serializer: str = "pickle",
+             sample: str, publish_to: str | None = None, serializer: str = "msgpack",
              callbacks: Iterable[Callable[[str, dict], None]] = (), n_flats: int = 10,
              n_darks: int = 5, abort_after: int | None = None, seed: int | None = None,
              on_frame: Callable | None = None, arc_deg: float = 180.0) -> str:

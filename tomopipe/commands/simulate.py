@@ -32,9 +32,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--zmq", metavar="ADDRESS",
                    help="0MQ proxy input address, e.g. localhost:5577 "
                         "(default: from `tomopipe up`)")
-    p.add_argument("--serializer", choices=("pickle", "msgpack"), default=None,
+    p.add_argument("--serializer", choices=("msgpack", "json", "pickle"), default=None,
                    help="document serializer on the bus "
-                        "(default: as `tomopipe up` says, or pickle)")
+                        "(default: as `tomopipe up` says, else msgpack)")
     p.add_argument("--no-publish", action="store_true",
                    help="do not publish the documents (files only)")
     p.add_argument("--abort-after", type=int, metavar="K",
@@ -47,9 +47,9 @@ def bus_address(args: argparse.Namespace, settings) -> tuple[str | None, str]:
     """(proxy input address, serializer) from the options or from the running services."""
     serializer = args.serializer
     if args.no_publish:
-        return None, serializer or "pickle"
+        return None, serializer or "msgpack"
     if args.zmq:
-        return args.zmq, serializer or "pickle"
+        return args.zmq, serializer or "msgpack"
     from tomopipe.infra.state import read_services
 
     services = read_services(settings.home) or {}
@@ -58,7 +58,7 @@ def bus_address(args: argparse.Namespace, settings) -> tuple[str | None, str]:
         raise ServiceError(
             f"no document bus: `tomopipe up` is not running for {settings.home} (no zmq_in in "
             f"its services.json); pass --zmq ADDRESS or --no-publish")
-    return address, serializer or services.get("zmq_serializer") or "pickle"
+    return address, serializer or services.get("zmq_serializer") or "msgpack"
 
 
 def run(args: argparse.Namespace) -> int:
