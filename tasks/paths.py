@@ -92,3 +92,32 @@ def is_under_roots(path: str | os.PathLike, roots: Iterable[str | os.PathLike]) 
     """True when the real path of ``path`` lies under one of ``roots``."""
     real = Path(os.path.realpath(os.fspath(path)))
     return any(_is_within(real, r) for r in _real_roots(roots))
+
+
+def check_output_path(out: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = (),
+                      folder: bool = True) -> Path:
+    """Refuse an output path that cannot be written, or whose writing would destroy data.
+
+    ``out`` is where a volume (a folder) will be created: it must not be an existing file, nor
+    any of ``inputs`` (the scan's own files), and its nearest existing folder must be a writable
+    folder. Each fault is one ``InputError`` naming ``out``. Nothing is created here.
+    """
+    given = os.fspath(out)
+    path = Path(os.path.abspath(given))
+    real = Path(os.path.realpath(path))
+    for item in inputs:
+        if real == Path(os.path.realpath(os.fspath(item))):
+            raise InputError(given, f"is the input file {os.fspath(item)}; writing there would "
+                                    "destroy the scan: pick another --out")
+    if path.exists() and folder and not path.is_dir():
+        raise InputError(given, "is a file, not a volume folder (--overwrite replaces only "
+                                "volumes): pick another --out")
+    ancestor = path if path.exists() else path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(given, f"cannot be created: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InputError(given, f"cannot be written: the folder {ancestor} is read-only "
+                                "(permission denied, or a read-only file system)")
+    return path

@@ -255,6 +255,84 @@ def frame_set(f: h5py.File, name: str, indices: Sequence[int] | None, *, source:
     return FrameSet(path, dataset, indices)
 
 
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"
+
+
+def available_memory() -> int:
+    """Bytes this process may still allocate (psutil's ``available``: free plus reclaimable)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def require_memory(source: str, dataset: str, declared: tuple, dtype, shape: tuple[int, ...], *,
+                   what: str) -> None:
+    """Refuse, before allocating, a read of ``shape`` that this machine has no memory for.
+
+    A file's declared shape is not proof of its size (HDF5 allocates chunks lazily, and a
+    corrupt or hostile header can declare anything): the bytes a read needs are compared with
+    the memory available now, and the error names the dataset, its declared shape and both
+    figures.
+    """
+    need = int(np.prod(shape, dtype=np.float64) * np.dtype(dtype).itemsize)
+    have = available_memory()
+    if need > have:
+        raise InputError(source, f"declared shape {tuple(int(s) for s in declared)} "
+                         f"{np.dtype(dtype).name}: reading {what} needs {_fmt_bytes(need)} but "
+                         f"only {_fmt_bytes(have)} of memory is available", where=dataset)
+
+
+def _middle_row_mean(ds: h5py.Dataset, indices: Sequence[int] | None) -> np.ndarray:
+    """The mean over (up to 4 of) the chosen frames of the middle detector row."""
+    picks = list(range(ds.shape[0]) if indices is None else indices)[:4]
+    row = ds.shape[1] // 2
+    return np.mean([np.asarray(ds[i, row, :], dtype=np.float64) for i in picks], axis=0)
+
+
+def check_beam(f: h5py.File, flats: list[tuple[str, Sequence[int] | None]],
+               darks: list[tuple[str, Sequence[int] | None]], *, source: str) -> None:
+    """Refuse flat fields that hold no beam: flats no brighter than the darks on average.
+
+    Dead pixels (a flat equal to its dark) are normal and handled by normalisation; flats that
+    equal the darks everywhere would make every value zero (or inf) and only mean that the
+    shutter was closed, or the wrong dataset holds the flats. One row of each is read.
+    """
+    flat_name, flat_idx = flats[0]
+    flat = _middle_row_mean(f[flat_name], flat_idx)
+    if darks:
+        dark_name, dark_idx = darks[0]
+        dark = _middle_row_mean(f[dark_name], dark_idx)
+    else:
+        dark_name, dark = "no darks (zeros)", np.zeros_like(flat)
+    signal = float(np.nanmean(flat - dark)) if np.isfinite(flat - dark).any() else np.nan
+    if np.isnan(signal):
+        return  # no finite values to judge by: the read reports the NaNs by frame and row
+    if signal <= 0:
+        raise InputError(source, f"flat fields hold no beam: their middle row averages "
+                         f"{float(np.mean(flat)):.6g} counts against {float(np.mean(dark)):.6g} "
+                         f"in the darks ({dark_name}); nothing to normalise by", where=flat_name)
+
+
+def _n(f: h5py.File, name: str, indices: Sequence[int] | None) -> int:
+    return f[name].shape[0] if indices is None else len(indices)
+
+
+def check_angles(angles_deg: np.ndarray, *, source: str, where: str) -> None:
+    """Refuse angles that cannot make a tomogram: one projection, or a rotation that never moved."""
+    if len(angles_deg) < 2:
+        raise InputError(source, f"{len(angles_deg)} projection angle(s): a reconstruction needs "
+                         "projections at two angles at least", where=where)
+    span = float(np.max(angles_deg) - np.min(angles_deg))
+    if span == 0:
+        raise InputError(source, f"all {len(angles_deg)} angles are {float(angles_deg[0]):g} "
+                         "degrees: the sample never rotated", where=where)
+
+
 def build_spec(f: h5py.File, *, label: str, projections: tuple[str, Sequence[int] | None],
                flats: list[tuple[str, Sequence[int] | None]],
                darks: list[tuple[str, Sequence[int] | None]], angles_deg: np.ndarray,
@@ -275,6 +353,7 @@ def build_spec(f: h5py.File, *, label: str, projections: tuple[str, Sequence[int
     if len(angles_deg) != n_proj:
         raise InputError(source, f"{len(angles_deg)} angles for {n_proj} projections "
                          f"(in {proj_name})", where=angles_where)
+    check_angles(np.asarray(angles_deg, dtype=np.float64), source=source, where=angles_where)
     check_last_row(proj, proj_idx, source=source, name=proj_name, what="projection data")
     frame_shape = proj.shape[1:]
 
@@ -298,6 +377,8 @@ def build_spec(f: h5py.File, *, label: str, projections: tuple[str, Sequence[int
     dark_sets = sets(darks, "dark field")
     if not dark_sets:
         extra["darks"] = "missing: treated as zeros"
+    check_beam(f, [(fs_name, idx) for fs_name, idx in flats if _n(f, fs_name, idx)],
+               [(d_name, idx) for d_name, idx in darks if _n(f, d_name, idx)], source=source)
     return ScanSpec(
         label=label,
         projections=(frame_set(f, proj_name, proj_idx, source=source),),
@@ -368,6 +449,8 @@ def _read_one(f: h5py.File, fs: FrameSet, rows: tuple[int, int] | None,
     if len(indices) and (min(indices) < 0 or max(indices) >= n_frames):
         raise InputError(fs.path, fault(f"frame {max(indices)} requested but the dataset has "
                                         f"{n_frames} frames"), where=fs.dataset)
+    require_memory(fs.path, fs.dataset, ds.shape, ds.dtype, (len(indices), r1 - r0, n_cols),
+                   what=f"rows {r0}:{r1} of {len(indices)} frames")
     out = np.empty((len(indices), r1 - r0, n_cols), dtype=ds.dtype)
     k = 0
     for start, stop in index_runs(indices):

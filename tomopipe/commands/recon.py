@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from tomopipe.errors import ConfigError
+from tomopipe.errors import ConfigError, InputError, PlanError
 
 EPILOG = """\
 examples:
@@ -144,6 +144,7 @@ def _candidates(start: float, stop: float, step: float) -> list[float]:
 
 
 def run(args) -> int:
+    from tomopipe.tasks.paths import check_output_path
     from tomopipe.tasks.recon import engine
     from tomopipe.tasks.sources import open_scan
 
@@ -157,6 +158,8 @@ def run(args) -> int:
     spec = open_scan(args.source, data_path=args.data_path, image_key_path=args.image_key_path,
                      angles_path=args.angles_path, pixel_size_um=args.pixel_size,
                      checksum=args.center_search is None)
+    check_output_path(args.out, inputs=[args.source, *(fs.path for fs in spec.projections
+                                                        + spec.flats + spec.darks)])
     params = _params(args)
 
     if args.center_search:
@@ -186,6 +189,13 @@ def run(args) -> int:
                                     workers=args.workers, memory_limit=args.memory_limit,
                                     progress=progress, overwrite=args.overwrite,
                                     levels=args.levels, max_slab_rows=args.slab_rows)
+    except PlanError as exc:  # name the scan whose declared shape does not fit
+        raise PlanError(f"{args.source}: {spec.projections[0].dataset}: declared "
+                        f"{spec.n_angles} x {spec.n_rows} x {spec.n_cols} {spec.dtype}: "
+                        f"{exc}") from None
+    except OSError as exc:  # the output could not be written: one line naming it
+        raise InputError(args.out, f"cannot write the volume: {exc.strerror or exc}"
+                         + (f" ({exc.filename})" if exc.filename else "")) from None
     finally:
         if bar is not None:
             bar.close()
