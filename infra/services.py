@@ -7,7 +7,8 @@
 - ``worker``: a Prefect worker on the ``tomopipe`` process work pool (the worker creates the pool
   when it is absent), woken by the server's event stream when a run is scheduled
   (infra/wakeup.py), polling every 5 s as a fallback;
-- ``zmq_proxy``: bluesky's 0MQ proxy, the document bus (pickle serializer, loopback only);
+- ``zmq_proxy``: bluesky's 0MQ proxy, the document bus (loopback only; documents in
+  msgpack unless config.yaml's ``bus.serializer`` says json or pickle);
 - ``tiled``: a Tiled catalog server that stores Bluesky runs and reads the data roots;
 - ``bridge``: ``python -m tomopipe.deployments.bridge --home H`` (documents -> catalog +
   Prefect events), started after the state file is written, because it reads the addresses
@@ -18,7 +19,7 @@ writes the state file (``infra.state``). Everything lives under the home, so two
 by side on different ports.
 
 State keys: prefect_api (http://127.0.0.1:P/api), prefect_ui, prefect_home, work_pool, zmq_in,
-zmq_out (tcp://127.0.0.1:PORT), zmq_serializer ("pickle"), tiled (http://127.0.0.1:T),
+zmq_out (tcp://127.0.0.1:PORT), zmq_serializer (msgpack by default), tiled (http://127.0.0.1:T),
 tiled_api_key, data_root (the first of data_roots), data_roots, output_root, home, pids and started
 ({service: pid / process start time}), logs ({service: path}), startup_seconds and startup_timings
 (seconds from start to each one healthy).
@@ -48,7 +49,7 @@ from tomopipe.config import Settings
 from tomopipe.errors import ConfigError, ServiceError
 
 WORK_POOL = "tomopipe"
-SERIALIZER = "pickle"
+SERIALIZER = "msgpack"  # the default of config.yaml's bus.serializer
 # Start order; down stops them in reverse.
 SERVICES = ("prefect", "worker", "zmq_proxy", "tiled", "bridge")
 STARTING_FILE = "services.starting.json"  # pids of an `up` in progress
@@ -300,7 +301,7 @@ def _up(settings: Settings, home: Path, *, ports: Ports | None, timeout: float, 
         "work_pool": WORK_POOL,
         "zmq_in": f"tcp://{LOOPBACK}:{ports.zmq_in}",
         "zmq_out": f"tcp://{LOOPBACK}:{ports.zmq_out}",
-        "zmq_serializer": SERIALIZER,
+        "zmq_serializer": _bus_serializer(settings, echo),
         "tiled": f"http://{LOOPBACK}:{ports.tiled}",
         "tiled_api_key": tiled_server.new_api_key(),
         "data_root": str(data_roots[0]),
@@ -370,6 +371,17 @@ def _up(settings: Settings, home: Path, *, ports: Ports | None, timeout: float, 
     write_services(home, state)
     run.done()
     return state, True
+
+
+def _bus_serializer(settings: Settings, echo: Callable[[str], None]) -> str:
+    """The bus codec config.yaml asks for; pickle only with a warning (it runs code)."""
+    bus = getattr(settings, "bus", None)
+    kind = getattr(bus, "serializer", None) or SERIALIZER
+    if kind == "pickle":
+        from tomopipe.deployments.bus import PICKLE_WARNING
+
+        echo(f"WARNING: {PICKLE_WARNING}")
+    return kind
 
 
 def _wait_for_zygote(home: Path, run, timeout: float) -> None:
