@@ -120,7 +120,7 @@ def phantom_reference(size: int, rows: int) -> np.ndarray:
     return phantom.phantom_volume(size, rows, features=features)
 
 
-def publish(zmq_in: str, docs, *, serializer: str = "pickle", grace: float = 1.5) -> None:
+def publish(zmq_in: str, docs, *, serializer: str = "msgpack", grace: float = 1.5) -> None:
     """Send (name, doc) pairs to the bus the way a RunEngine's Publisher does."""
     from bluesky.callbacks.zmq import Publisher
     from tomopipe.infra.simulator.run import serializer_for

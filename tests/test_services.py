@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pickle
 import socket
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import time
 from pathlib import Path
 
 import httpx
+import msgpack
 import psutil
 import pytest
 import zmq
@@ -157,7 +157,7 @@ def test_status_json_contract(services, services_home):
     status = json.loads(proc.stdout)  # exactly one JSON object, nothing else on stdout
     for key in CONTRACT:
         assert key in status, key
-    assert status["zmq_serializer"] == "pickle"
+    assert status["zmq_serializer"] == "msgpack"
     assert status["home"] == str(services_home.resolve())
     assert status["health"] == {name: True for name in svc.SERVICES}
     assert status["healthy"] is True
@@ -191,7 +191,7 @@ def test_prefect_server_and_worker_answer(services):
 
 
 def test_zmq_proxy_round_trip(services):
-    assert services["zmq_serializer"] == "pickle"
+    assert services["zmq_serializer"] == "msgpack"
     ctx = zmq.Context()
     pub, sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
     try:
@@ -200,7 +200,7 @@ def test_zmq_proxy_round_trip(services):
         pub.connect(services["zmq_in"])
         doc = {"uid": "round-trip", "time": time.time()}
         # bluesky's Publisher frame: b"<prefix> <name> <serialized doc>"
-        message = b" ".join([b"", b"start", pickle.dumps(doc)])
+        message = b" ".join([b"", b"start", msgpack.packb(doc)])
         deadline = time.monotonic() + 20
         received = None
         while received is None and time.monotonic() < deadline:
@@ -209,7 +209,7 @@ def test_zmq_proxy_round_trip(services):
                 received = sub.recv()
         assert received == message
         _, name, payload = received.split(b" ", 2)
-        assert name == b"start" and pickle.loads(payload) == doc
+        assert name == b"start" and msgpack.unpackb(payload) == doc
     finally:
         pub.close(0)
         sub.close(0)
