@@ -29,8 +29,19 @@ $(STAMP): pyproject.toml
 	  > /dev/null || true
 	@touch $(STAMP)
 
+# The import contracts (pyproject.toml [tool.importlinter]) are checked on a copy of the
+# package laid out as the wheel installs it (tomopipe/flows, tomopipe/tasks, ...): import-linter
+# reads a package from its folder, and the editable install maps the top-level folders into
+# tomopipe without one.
+LINT_TREE := $(VENV)/import-lint
+
 lint: install
 	$(BIN)/ruff check .
+	@rm -rf $(LINT_TREE) && mkdir -p $(LINT_TREE)
+	@cp -r tomopipe $(LINT_TREE)/tomopipe && rm -f $(LINT_TREE)/tomopipe/prefect.yaml
+	@for d in flows tasks deployments infra; do cp -r $$d $(LINT_TREE)/tomopipe/$$d; done
+	cd $(LINT_TREE) && PYTHONPATH=. $(CURDIR)/$(BIN)/lint-imports --no-logo --no-cache \
+	  $(CURDIR)/pyproject.toml
 
 test: install lint
 	$(BIN)/pytest -q -ra

@@ -121,17 +121,17 @@ def main(argv=None) -> int:
     p.add_argument("--up", action="store_true", help="start the services of the home first")
     args = p.parse_args(argv)
 
-    from tomopipe.tasks.catalog import services_of
-
     from tomopipe.config import home as default_home
     from tomopipe.config import load_settings
+    from tomopipe.context import run_context
 
     home = default_home()
     if args.up:
         from tomopipe.infra import services
 
         services.up(load_settings(home))
-    state = services_of(home)
+    ctx = run_context(home)
+    state = {name: ctx.address(name) for name in ("prefect_api", "zmq_in")}
     os.environ["PREFECT_API_URL"] = state["prefect_api"]
     results = []
     for _ in range(args.repeat):

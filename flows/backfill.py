@@ -13,32 +13,33 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
-from tomopipe.flows.single_run import reconstruct_scan, record_unexpected
+from tomopipe.flows.pipeline import reconstruct_scan, record_unexpected
 from tomopipe.tasks import results_table
-from tomopipe.tasks.recon_tasks import already_done, recon_params, record_state, run_output
-from tomopipe.tasks.run_tasks import find_runs, home_of, resolve_run
+from tomopipe.tasks.recon_tasks import recon_params, record_state
+from tomopipe.tasks.run_tasks import find_runs, resolve_run
+from tomopipe.tasks.storage.location import volume_location
+from tomopipe.tasks.storage.omezarr import is_complete
 
-from tomopipe.config import load_settings
+from tomopipe.context import RunContext, run_context
 from tomopipe.errors import InputError, TomopipeError
 
 BUSY_S = 3600.0  # a run marked waiting/running more recently than this is left alone
 
 
 @task(name="reconstruct-run", cache_policy=NO_CACHE)
-def reconstruct_run(uid: str, home: str, plan_name: str | None, params: dict | None,
+def reconstruct_run(uid: str, ctx: RunContext, plan_name: str | None, params: dict | None,
                     workers: int | None, scheduler: str | None, force: bool) -> dict:
     """One run of the backfill: the same tasks as the live and single-run flows."""
     try:
-        spec = resolve_run(uid, home)
-        result = reconstruct_scan(spec, home=home, source=uid, plan_name=plan_name,
-                                  params=params, workers=workers, scheduler=scheduler,
-                                  force=force)
+        spec = resolve_run(uid, ctx)
+        result = reconstruct_scan(spec, ctx, source=uid, plan_name=plan_name, params=params,
+                                  workers=workers, scheduler=scheduler, force=force)
         return {"uid": uid, "state": "completed", "output": result["output"]}
     except TomopipeError as exc:
-        record_state(home, uid, "failed", plan_name=plan_name, message=str(exc), mirror=True)
+        record_state(ctx, uid, "failed", plan_name=plan_name, message=str(exc), mirror=True)
         return {"uid": uid, "state": "failed", "message": str(exc)}
     except Exception as exc:  # unforeseen: recorded, and shown as a failed task in the UI
-        record_unexpected(home, uid, plan_name, exc)
+        record_unexpected(ctx, uid, plan_name, exc)
         raise
 
 
@@ -51,12 +52,11 @@ def backfill(plan: str | None = None, since: str | None = None, until: str | Non
     if concurrency < 1:
         raise InputError("concurrency", f"must be at least 1, got {concurrency}")
     log = get_run_logger()
-    h = home_of(home)
-    settings = load_settings(h)
-    recon = recon_params(settings, params)
-    matched = find_runs(str(h), plan=plan, since=since, until=until, sample=sample)
+    ctx = run_context(home)
+    recon = recon_params(ctx.settings, params)
+    matched = find_runs(ctx, plan=plan, since=since, until=until, sample=sample)
     rows, todo = [], []
-    results = results_table.read_all(h)
+    results = results_table.read_all(ctx.home)
     for run in matched:
         uid = run["uid"]
         if not run["stop"]:
@@ -66,20 +66,20 @@ def backfill(plan: str | None = None, since: str | None = None, until: str | Non
             rows.append({"uid": uid, "state": "skipped",
                          "message": f"run ended {run['stop'].get('exit_status')}"})
             continue
-        out, _ = run_output(settings, uid, recon)
+        out = volume_location(ctx.output_root, uid, recon).path
         busy = results.get(uid, {})
         if busy.get("state") in ("waiting", "running") and \
                 time.time() - busy.get("updated", 0) < BUSY_S:
             # a live flow (or another backfill) is on it: two writers on one volume lose data
             rows.append({"uid": uid, "state": "skipped", "message": "in progress elsewhere"})
             continue
-        if already_done(out) and not force:
+        if is_complete(out) and not force:
             rows.append({"uid": uid, "state": "skipped", "message": "done (same key)"})
             continue
         todo.append(run)
     with ThreadPoolTaskRunner(max_workers=concurrency) as runner:
         futures = [runner.submit(reconstruct_run, parameters={
-            "uid": r["uid"], "home": str(h), "plan_name": r["plan_name"], "params": params,
+            "uid": r["uid"], "ctx": ctx, "plan_name": r["plan_name"], "params": params,
             "workers": workers, "scheduler": scheduler, "force": force}) for r in todo]
         for run, future in zip(todo, futures, strict=True):
             try:
@@ -96,7 +96,7 @@ def backfill(plan: str | None = None, since: str | None = None, until: str | Non
     create_table_artifact([{k: str(r.get(k, "")) for k in ("uid", "state", "output", "message")}
                            for r in rows] or [{"uid": "", "state": "no runs matched"}],
                           key="backfill-runs", description=json.dumps(summary))
-    _save_summary(h, summary)
+    _save_summary(ctx.home, summary)
     log.info("backfill: %s", summary)
     return summary
 

@@ -7,10 +7,11 @@ A run that aborts or fails ends this flow Failed with the run's reason, and make
 from __future__ import annotations
 
 from prefect import flow
-from tomopipe.flows.single_run import fail, reconstruct_scan, record_unexpected
+from tomopipe.flows.pipeline import fail, reconstruct_scan, record_unexpected
 from tomopipe.tasks.recon_tasks import record_state
 from tomopipe.tasks.run_tasks import RunFailed, follow_run, resolve_run
 
+from tomopipe.context import run_context
 from tomopipe.errors import TomopipeError
 
 
@@ -19,16 +20,17 @@ def live_run(uid: str, params: dict | None = None, workers: int | None = None,
              scheduler: str | None = None, poll_s: float = 0.25,
              idle_timeout_s: float = 600.0, home: str | None = None):
     """Follow run ``uid`` to its stop document, then reconstruct it."""
+    ctx = run_context(home)
     plan_name = None
-    record_state(home, uid, "waiting")
+    record_state(ctx, uid, "waiting")
     try:
-        follow_run(uid, home, poll_s=poll_s, idle_timeout_s=idle_timeout_s)
-        spec = resolve_run(uid, home)
+        follow_run(uid, ctx, poll_s=poll_s, idle_timeout_s=idle_timeout_s)
+        spec = resolve_run(uid, ctx)
         plan_name = spec.extra.get("plan_name")
-        return reconstruct_scan(spec, home=home, source=uid, plan_name=plan_name, params=params,
+        return reconstruct_scan(spec, ctx, source=uid, plan_name=plan_name, params=params,
                                 workers=workers, scheduler=scheduler)
     except (RunFailed, TomopipeError) as exc:
-        return fail(home, uid, plan_name, exc)
+        return fail(ctx, uid, plan_name, exc)
     except Exception as exc:
-        record_unexpected(home, uid, plan_name, exc)
+        record_unexpected(ctx, uid, plan_name, exc)
         raise

@@ -12,8 +12,6 @@ artifact per site listing what it deleted and what it kept and why.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow, get_run_logger
 from tomopipe.tasks.transfer.ledger import ledger_dir
 from tomopipe.tasks.transfer.retention import RetentionReport, apply_retention
@@ -30,10 +28,10 @@ def retention_flow(site: str | None = None, dry_run: bool = False,
     """Apply every configured retention policy (or one site's) and report what it did."""
     from prefect.artifacts import create_markdown_artifact
 
-    from tomopipe.config import load_settings
+    from tomopipe.context import run_context
 
     logger = get_run_logger()
-    settings = load_settings(Path(home) if home else None)
+    settings = run_context(home).settings
     cfg = load_transfer_config(settings)
     if site is not None and site not in cfg.retention:
         raise ConfigError(f"retention.{site}: no retention policy for this site "

@@ -11,19 +11,10 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from tomopipe.infra.state import read_services
-
+from tomopipe.context import RunContext, run_context
 from tomopipe.errors import InputError, ServiceError
 
 log = logging.getLogger(__name__)
-
-
-def services_of(home: Path) -> dict:
-    """The running services of this home, or a ServiceError saying to start them."""
-    state = read_services(Path(home))
-    if not state:
-        raise ServiceError(f"no services are running for {home}: start them with `tomopipe up`")
-    return state
 
 
 def connect_catalog(url: str, api_key: str | None = None):
@@ -36,9 +27,14 @@ def connect_catalog(url: str, api_key: str | None = None):
         raise ServiceError(f"Tiled catalog at {url} cannot be reached: {exc}") from exc
 
 
+def catalog_for(ctx: RunContext):
+    """The catalog of the run context's services."""
+    return connect_catalog(ctx.address("tiled"), ctx.tiled_api_key)
+
+
 def catalog_for_home(home: Path):
-    state = services_of(home)
-    return connect_catalog(state["tiled"], state.get("tiled_api_key"))
+    """The catalog of ``home``'s services (for commands and tools outside a flow run)."""
+    return catalog_for(run_context(home))
 
 
 def get_run(catalog, uid: str):

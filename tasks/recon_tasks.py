@@ -1,7 +1,8 @@
-"""Prefect tasks around the reconstruction engine: parameters, output path, reconstruct, publish.
+"""Prefect tasks around the reconstruction engine: parameters, reconstruct, publish.
 
 ``publish`` turns a result into what the Prefect UI shows (preview image, table of figures,
-link to the volume) and records it (``tasks.results_table``).
+link to the volume) and records it (``tasks.results_table``). Where a volume goes is decided by
+``tasks.storage.location``.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 from tomopipe.tasks import results_table
-from tomopipe.tasks.recon.params import ReconParams, output_key
-from tomopipe.tasks.run_tasks import RETRY, home_of
+from tomopipe.tasks.catalog import catalog_for
+from tomopipe.tasks.recon.params import ReconParams
+from tomopipe.tasks.run_tasks import RETRY
 from tomopipe.tasks.sources.spec import ScanSpec
 
-from tomopipe import __version__
 from tomopipe.config import Settings
+from tomopipe.context import RunContext
 from tomopipe.errors import ConfigError
 
 
@@ -42,29 +44,6 @@ def recon_params(settings: Settings, overrides: dict | None = None) -> ReconPara
     if isinstance(given.get("rows"), list):
         given["rows"] = tuple(given["rows"])
     return ReconParams(**given)
-
-
-def output_for(settings: Settings, spec: ScanSpec, params: ReconParams) -> tuple[Path, str]:
-    """(volume path, key): ``<output_root>/<source>/<key>.zarr``, one folder per run or file."""
-    import os
-
-    if spec.extra.get("source") == "bluesky" and spec.identity:
-        return run_output(settings, spec.identity, params)
-    identity = spec.identity or os.path.abspath(spec.label)
-    key = output_key(identity, params, __version__)
-    return settings.output_root / Path(spec.label).stem / f"{key}.zarr", key
-
-
-def run_output(settings: Settings, uid: str, params: ReconParams) -> tuple[Path, str]:
-    """Where the run ``uid`` is published with these parameters (no need to read the run)."""
-    key = output_key(uid, params, __version__)
-    return settings.output_root / uid / f"{key}.zarr", key
-
-
-def already_done(path: Path) -> bool:
-    from tomopipe.tasks.storage.omezarr import is_complete
-
-    return is_complete(path)
 
 
 @task(name="reconstruct", **RETRY)
@@ -95,13 +74,12 @@ def reconstruct_volume(spec: ScanSpec, params: ReconParams, out: str, *,
 
 
 @task(name="publish", cache_policy=NO_CACHE)
-def publish(home: str | None, source: str, plan_name: str | None, result: dict,
+def publish(ctx: RunContext, source: str, plan_name: str | None, result: dict,
             params: ReconParams, timings: dict | None = None) -> dict:
     """Preview, artifacts and the result record of a finished reconstruction."""
     from tomopipe.tasks.preview import write_preview
 
     log = get_run_logger()
-    h = home_of(home)
     out = Path(result["output"])
     png = write_preview(out)
     figures = {
@@ -125,10 +103,10 @@ def publish(home: str | None, source: str, plan_name: str | None, result: dict,
                              description=f"reconstruction of {source}")
     create_link_artifact(out.as_uri(), link_text=str(out), key=f"{artifact_key}-volume",
                          description="the OME-Zarr volume")
-    row = results_table.record(h, source, "completed", plan_name=plan_name, output=str(out),
+    row = results_table.record(ctx.home, source, "completed", plan_name=plan_name, output=str(out),
                                    key=result["key"], center=result["center"],
                                    details={"preview": str(png), **figures})
-    _mirror(h, source, row)
+    _mirror(ctx, source, row)
     log.info("published %s for %s (preview %s)", out, source, png)
     return {**result, "preview": str(png)}
 
@@ -151,22 +129,19 @@ def _preview_markdown(source: str, out: Path, png: Path, figures: dict) -> str:
             f"| figure | value |\n|---|---|\n{rows}\n")
 
 
-def _mirror(home: Path, source: str, row: dict) -> None:
+def _mirror(ctx: RunContext, source: str, row: dict) -> None:
     """Best-effort copy of the record into the catalog (runs only, not files)."""
-    from tomopipe.tasks import catalog as runs
-
     try:
-        catalog = runs.catalog_for_home(home)
-    except Exception:
+        catalog = catalog_for(ctx)
+    except Exception:  # no services, or Tiled down: the results table holds the truth
         return
     if source in catalog:
         results_table.mirror_to_catalog(catalog, source, row)
 
 
-def record_state(home: str | None, source: str, state: str, *, plan_name: str | None = None,
+def record_state(ctx: RunContext, source: str, state: str, *, plan_name: str | None = None,
                  message: str | None = None, mirror: bool = False) -> None:
     """Plain function (not a task): record waiting/running/failed states as they happen."""
-    h = home_of(home)
     flow_run_id = None
     try:
         from prefect.runtime import flow_run
@@ -174,7 +149,7 @@ def record_state(home: str | None, source: str, state: str, *, plan_name: str | 
         flow_run_id = flow_run.id
     except Exception:
         pass
-    row = results_table.record(h, source, state, plan_name=plan_name, message=message,
+    row = results_table.record(ctx.home, source, state, plan_name=plan_name, message=message,
                                    flow_run_id=flow_run_id)
     if mirror:
-        _mirror(h, source, row)
+        _mirror(ctx, source, row)

@@ -1,22 +1,30 @@
 """Prefect tasks about runs: find them, follow one as it lands, resolve it to a ScanSpec, stage.
 
 Thin wrappers over ``tasks.catalog`` (catalog access) and ``tasks.sources``; retried on transient
-faults (a service that cannot be reached), never on bad input.
+faults (a service that cannot be reached), never on bad input. Each takes the flow's
+``RunContext`` (``tomopipe.context``) for the home's settings and service addresses.
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import httpx
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
-from tomopipe.tasks import catalog as runs
+from tomopipe.tasks import results_table
+from tomopipe.tasks.catalog import (
+    catalog_for,
+    frames_landed,
+    get_run,
+    run_documents,
+    run_metadata,
+    search_runs,
+)
 from tomopipe.tasks.sources.spec import ScanSpec
 
-from tomopipe.config import load_settings
+from tomopipe.context import RunContext
 from tomopipe.errors import InputError, ServiceError
 
 
@@ -39,32 +47,24 @@ RETRY = {"retries": 3, "retry_delay_seconds": [1, 2, 4], "retry_condition_fn": t
          "cache_policy": NO_CACHE}
 
 
-def home_of(home: str | Path | None) -> Path:
-    from tomopipe.config import home as default_home
-
-    return Path(home).resolve() if home else default_home()
-
-
 @task(name="find-runs", **RETRY)
-def find_runs(home: str | None = None, *, plan: str | None = None, since=None, until=None,
+def find_runs(ctx: RunContext, *, plan: str | None = None, since=None, until=None,
               sample: str | None = None, tomo_only: bool = True) -> list[dict]:
     """Runs of the catalog matching the criteria: [{uid, plan_name, start, stop}], oldest first."""
     from tomopipe.tasks.sources.bluesky_run import is_tomo_run
 
-    h = home_of(home)
-    settings = load_settings(h)
-    catalog = runs.catalog_for_home(h)
+    catalog = catalog_for(ctx)
     found = []
-    for uid in runs.search_runs(catalog, plan=plan, since=since, until=until, sample=sample):
-        start, stop = runs.run_metadata(catalog[uid])
-        if tomo_only and not is_tomo_run(start, settings.tomo_plans):
+    for uid in search_runs(catalog, plan=plan, since=since, until=until, sample=sample):
+        start, stop = run_metadata(catalog[uid])
+        if tomo_only and not is_tomo_run(start, ctx.tomo_plans):
             continue
         found.append({"uid": uid, "plan_name": start.get("plan_name"), "stop": stop})
     return found
 
 
 @task(name="follow-run", **RETRY)
-def follow_run(uid: str, home: str | None = None, *, poll_s: float = 0.25,
+def follow_run(uid: str, ctx: RunContext, *, poll_s: float = 0.25,
                idle_timeout_s: float = 600.0) -> dict:
     """Wait for the run's stop document, showing frames landed as a progress artifact.
 
@@ -72,7 +72,7 @@ def follow_run(uid: str, home: str | None = None, *, poll_s: float = 0.25,
     nothing new arrives for ``idle_timeout_s``.
     """
     log = get_run_logger()
-    catalog = runs.catalog_for_home(home_of(home))
+    catalog = catalog_for(ctx)
     deadline = time.monotonic() + 60.0  # the bridge writes the start before the event fires
     while True:
         try:
@@ -82,20 +82,18 @@ def follow_run(uid: str, home: str | None = None, *, poll_s: float = 0.25,
             if time.monotonic() > deadline:
                 raise InputError(uid, "no such run in the catalog") from None
             time.sleep(poll_s)
-    start, stop = runs.run_metadata(run)
+    start, stop = run_metadata(run)
     expected = _expected_frames(start)
-    from tomopipe.tasks import results_table
-
-    results_table.record(home_of(home), uid, "waiting", plan_name=start.get("plan_name"))
+    results_table.record(ctx.home, uid, "waiting", plan_name=start.get("plan_name"))
     artifact = create_progress_artifact(0.0, description=f"frames landed of run {uid}")
     last_count, last_change, last_look = -1, time.monotonic(), 0.0
     while True:
         try:
             run = catalog[uid]  # one request: the run's metadata, where the stop lands
-            start, stop = runs.run_metadata(run)
+            start, stop = run_metadata(run)
             # counting frames takes a request per stream: at most once a second
             if stop or time.monotonic() - last_look > 1.0:
-                count, last_look = runs.frames_landed(run), time.monotonic()
+                count, last_look = frames_landed(run), time.monotonic()
             else:
                 count = last_count
         except KeyError:  # the bridge is rebuilding the run after a restart
@@ -130,15 +128,12 @@ def _expected_frames(start: dict) -> int | None:
 
 
 @task(name="resolve-run", **RETRY)
-def resolve_run(uid: str, home: str | None = None) -> ScanSpec:
+def resolve_run(uid: str, ctx: RunContext) -> ScanSpec:
     """The run's ScanSpec from its documents in the catalog."""
     from tomopipe.tasks.sources.bluesky_run import scan_from_documents
 
-    h = home_of(home)
-    settings = load_settings(h)
-    catalog = runs.catalog_for_home(h)
-    docs = runs.run_documents(runs.get_run(catalog, uid))
-    return scan_from_documents(docs, settings.data_roots, tomo_plans=settings.tomo_plans)
+    docs = run_documents(get_run(catalog_for(ctx), uid))
+    return scan_from_documents(docs, ctx.data_roots, tomo_plans=ctx.tomo_plans)
 
 
 @task(name="resolve-file", **RETRY)
@@ -149,7 +144,7 @@ def resolve_file(path: str, *, data_path: str | None = None) -> ScanSpec:
 
 
 @task(name="stage", **RETRY)
-def stage(spec: ScanSpec, home: str | None = None) -> ScanSpec:
+def stage(spec: ScanSpec, ctx: RunContext) -> ScanSpec:
     """Make the scan's files readable where it is reconstructed; returns the spec to use.
 
     Every file a run references is resolved under the data roots, listed in a manifest with its
@@ -161,7 +156,7 @@ def stage(spec: ScanSpec, home: str | None = None) -> ScanSpec:
     from tomopipe.tasks.transfer.prefect_tasks import move_scan_data
     from tomopipe.tasks.transfer.sites import load_transfer_config
 
-    settings = load_settings(home_of(home))
+    settings = ctx.settings
     # The manifest resolves every path (under the data roots, for a run) and refuses missing
     # files, naming them.
     from_run = spec.extra.get("source") == "bluesky"

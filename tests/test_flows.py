@@ -165,6 +165,7 @@ def test_an_unforeseen_fault_is_recorded_not_left_running(e2_services, tmp_path,
                                                           monkeypatch):
     """A fault that is not one of ours (here a RuntimeError from the reconstruction) fails the
     flow with its traceback, and the run's record says failed rather than running forever."""
+    import tomopipe.flows.pipeline as pipeline
     import tomopipe.flows.single_run as single
     from tomopipe.infra.datasets import make_phantom_scan, write_dxchange
 
@@ -176,7 +177,7 @@ def test_an_unforeseen_fault_is_recorded_not_left_running(e2_services, tmp_path,
     def broken(*args, **kwargs):
         raise RuntimeError("a worker vanished")
 
-    monkeypatch.setattr(single, "reconstruct_volume", broken)
+    monkeypatch.setattr(pipeline, "reconstruct_volume", broken)
     state_ = single.single_run(path=str(path), workers=0, home=str(home), return_state=True)
     assert state_.is_failed()
     row = results_table.read_one(home, str(path.resolve()))
@@ -204,7 +205,7 @@ def test_volume_goes_back_to_results_to(e2_services, tmp_path):  # noqa: F811
     # In a process of its own: the transfer's concurrency slots go through a Prefect service
     # that stays bound, for the life of a process, to the first API it used, and later test
     # modules of this process use other (test-harness) servers.
-    code = ("import json, sys; from flows.single_run import single_run; "
+    code = ("import json, sys; from tomopipe.flows.single_run import single_run; "
             "print(json.dumps(single_run(path=sys.argv[1], params={'center': float(sys.argv[2])},"
             " workers=0, home=sys.argv[3])))")
     proc = subprocess.run([sys.executable, "-c", code, str(path), str(scan["center"]),

@@ -42,23 +42,17 @@ def parameters(args: argparse.Namespace, home: Path) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from tomopipe.context import prefect_api_scope, run_context
 
-    from tomopipe.config import home as default_home
-    from tomopipe.tasks.catalog import services_of
-
-    home = default_home()
-    state = services_of(home)
-    params = parameters(args, home)
-    # Settings, not os.environ: Prefect may have read its settings already in this process
-    # (then a changed variable is ignored and runs go to a throw-away ephemeral server).
-    with temporary_settings(updates={PREFECT_API_URL: state["prefect_api"]}):
+    ctx = run_context()
+    params = parameters(args, ctx.home)
+    with prefect_api_scope(ctx.address("prefect_api")):
         if args.local:
             from tomopipe.flows.backfill import backfill
 
             summary = backfill(**params)
         else:
-            summary = _via_deployment(home, params, args)
+            summary = _via_deployment(ctx.home, params, args)
     if summary is None:
         return 0
     if args.json:

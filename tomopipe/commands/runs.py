@@ -21,20 +21,20 @@ def add_parser(subparsers) -> None:
 
 def list_runs(home: Path, limit: int | None = None) -> list[dict]:
     """Catalog runs (tomography only) joined with the results table, oldest first."""
-    from tomopipe.config import load_settings
-    from tomopipe.tasks import catalog as runs
+    from tomopipe.context import run_context
     from tomopipe.tasks import results_table
+    from tomopipe.tasks.catalog import catalog_for
     from tomopipe.tasks.sources.bluesky_run import is_tomo_run
 
-    settings = load_settings(home)
-    results = results_table.read_all(home)
-    catalog = runs.catalog_for_home(home)
+    ctx = run_context(home)
+    results = results_table.read_all(ctx.home)
+    catalog = catalog_for(ctx)
     listed: list[dict] = []
     seen = set()
     for uid, node in catalog.items():
         md = dict(node.metadata)
         start, stop = dict(md.get("start") or {}), md.get("stop")
-        if not is_tomo_run(start, settings.tomo_plans):
+        if not is_tomo_run(start, ctx.tomo_plans):
             continue
         seen.add(uid)
         listed.append(_entry(uid, start, stop, results.get(uid)))
