@@ -55,6 +55,15 @@ HDF5_MIMETYPES = ("application/x-hdf5", "application/x-hdf")
 DEGREE_UNITS = {"deg", "degree", "degrees", "°"}
 RADIAN_UNITS = {"rad", "radian", "radians"}
 
+# Limits on what a run's documents may ask of this process. Real tomography runs stay far below
+# them (thousands of documents, nesting depth under 10, a few kB each); a forged or corrupt run
+# is refused with one line instead of exhausting memory or the interpreter's recursion limit.
+MAX_DOCUMENT_DEPTH = 64  # the bus's limit too (deployments/bus.py)
+MAX_DOCUMENT_BYTES = 64 * 2**20  # estimated in-memory size of one document
+MAX_METADATA_BYTES = 64 * 2**10  # one start-document field carried into the ScanSpec
+MAX_DOCUMENTS = 10_000_000
+MAX_FRAMES = 10_000_000  # frames of one stream (a 2048-wide detector: 80 TB of uint16)
+
 
 def is_tomo_run(start: Mapping, tomo_plans: Iterable[str] = DEFAULT_TOMO_PLANS) -> bool:
     """True when the start document marks a tomography run (``tomo`` mapping or plan name)."""
@@ -86,11 +95,43 @@ class _Run:
         return InputError(self.uid, fault, where)
 
 
+def document_size(doc, *, max_depth: int = MAX_DOCUMENT_DEPTH,
+                  max_bytes: int = MAX_DOCUMENT_BYTES) -> tuple[int, int] | str:
+    """(estimated bytes, depth) of a document, or what is wrong with it when it exceeds
+    ``max_depth`` or ``max_bytes``. Walked without recursion (a hostile document may be nested
+    deeper than Python's recursion limit, or contain itself), and stopped at the first excess."""
+    stack = [(doc, 1)]
+    size = deepest = 0
+    while stack:
+        obj, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > max_depth:
+            return f"nested more than {max_depth} levels deep"
+        if isinstance(obj, Mapping):
+            size += 64 + 16 * len(obj)
+            for key, value in obj.items():
+                size += len(key) if isinstance(key, str | bytes) else 8
+                stack.append((value, depth + 1))
+        elif isinstance(obj, list | tuple):
+            size += 56 + 8 * len(obj)
+            stack.extend((v, depth + 1) for v in obj)
+        elif isinstance(obj, str | bytes | bytearray):
+            size += 49 + len(obj)
+        else:
+            size += int(getattr(obj, "nbytes", 24))
+        if size > max_bytes:
+            unit, scale = ("MiB", 2**20) if max_bytes >= 2**20 else ("KiB", 2**10)
+            return f"larger than {max_bytes // scale} {unit}"
+    return size, deepest
+
+
 def _collect(docs: Iterable) -> _Run:
     import event_model
 
     run = _Run()
-    for item in docs:
+    for count, item in enumerate(docs, 1):
+        if count > MAX_DOCUMENTS:
+            raise run.fault(f"more than {MAX_DOCUMENTS} documents in one run", "documents")
         try:
             name, doc = item
         except (TypeError, ValueError):
@@ -99,6 +140,10 @@ def _collect(docs: Iterable) -> _Run:
         name = getattr(name, "value", name)  # DocumentNames members
         if not isinstance(doc, Mapping):
             raise run.fault(f"{name} document is a {type(doc).__name__}, not a mapping", name)
+        size = document_size(doc)
+        if isinstance(size, str):
+            uid = doc.get("uid") if isinstance(doc.get("uid"), str) else "?"
+            raise run.fault(f"{name} document {uid[:64]} is {size}", name)
         if name == "start":
             if run.start is not None and doc.get("uid") != run.start.get("uid"):
                 raise run.fault(f"documents of two runs mixed: also {doc.get('uid')}", "start")
@@ -228,6 +273,9 @@ def _stream_frames(run: _Run, stream: str, desc_uids: set[str], image_key: str,
             resolved[sres_uid] = _stream_resource_file(run, sres, data_roots)
         path, dataset = resolved[sres_uid]
         i0, i1 = _range(run, datum, "indices", where)
+        if len(frames) + (i1 - i0) > MAX_FRAMES:
+            raise run.fault(f"indices {i0}..{i1} make stream {stream!r} more than "
+                            f"{MAX_FRAMES} frames", where)
         s0, s1 = _range(run, datum, "seq_nums", where) if "seq_nums" in datum else (0, 0)
         counted = s1 - s0 == i1 - i0 and s1 > s0
         for k, index in enumerate(range(i0, i1)):
@@ -295,6 +343,9 @@ def _legacy_frames(run: _Run, stream: str, desc_uids: set[str], image_key: str,
         if per_point < 1 or point < 0:
             raise run.fault(f"frame_per_point {per_point} / point_number {point} out of range",
                             dwhere)
+        if len(frames) + per_point > MAX_FRAMES:
+            raise run.fault(f"frame_per_point {per_point} makes stream {stream!r} more than "
+                            f"{MAX_FRAMES} frames", dwhere)
         seq = _int(run, event.get("seq_num", len(frames) + 1), where, "seq_num")
         for index in range(point * per_point, (point + 1) * per_point):
             frames.append(_Frame(seq, path, dataset, index))
@@ -464,6 +515,11 @@ def scan_from_documents(docs: Iterable, data_roots: Iterable[str | Path], *,
     rows, cols, dtype = _image_shape(run, image_info, parts["projections"], proj_stream)
     pixel = tomo.get("pixel_size_um")
     stop = run.stop or {}
+    for key in ("sample", "plan_name", "scan_id", "beamline", "beamline_id", "time"):
+        size = document_size(start.get(key), max_bytes=MAX_METADATA_BYTES)
+        if isinstance(size, str):
+            raise run.fault(f"start document field {key!r} is {size} (it is carried into the "
+                            f"reconstruction's parameters and provenance)", f"start.{key}")
     return ScanSpec(
         label=run.uid,
         projections=_frame_sets(parts["projections"]),
