@@ -177,3 +177,10 @@ def _ellipse_integrals(f: Feature, a: float, b: float, n: int, theta, u) -> np.n
     d = u[None, :] - shift[:, None]
     inside = np.clip(s2[:, None] - d**2, 0.0, None)
     return f.value * 2.0 * a * b * np.sqrt(inside) / s2[:, None]
+
+
+def rescale_geometry(features: Sequence[Feature], n_from: int, n_to: int) -> tuple[Feature, ...]:
+    """The same objects (in pixels) described for slices ``n_to`` wide instead of ``n_from``:
+    positions and semi-axes, fractions of the width, are multiplied by n_from / n_to."""
+    k = float(n_from) / float(n_to)
+    return tuple(replace(f, cx=f.cx * k, cy=f.cy * k, a=f.a * k, b=f.b * k) for f in features)

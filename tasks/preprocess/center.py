@@ -327,3 +327,26 @@ def auto_center(sinos, angles_rad, *, step: float = 0.25) -> CenterEstimate:
     else:
         value, confidence, method = width / 2, 0.0, "default"
     return CenterEstimate(float(value), float(confidence), method, estimates, tuple(notes))
+
+
+def find_rotation_axis(sinos, angles_rad, *, step: float = 0.25) -> CenterEstimate:
+    """The centre of any scan: ``auto_center``, except for a 360-degree scan whose axis lies
+    off the detector's middle (extended field of view), where Vo's method and the 0/180-degree
+    registration cannot see the whole object. There the axis comes from the overlap of the two
+    half-turns (``stitch360.find_axis_360``), method "360-overlap", with that method's
+    confidence (the agreement of its two quarter-turn estimates, same formula as here).
+    """
+    from tomopipe.tasks.preprocess.stitch360 import find_axis_360, is_full_turn, is_offset_axis
+
+    arr = as_array(sinos, "sinos", (3,), "3-D (rows, angles, cols)")
+    angles = as_angles(angles_rad, "angles_rad", arr.shape[1])
+    if is_full_turn(angles):
+        try:
+            axis = find_axis_360(arr, angles, step=step)
+        except ArrayInputError:
+            axis = None
+        if axis is not None and is_offset_axis(angles, axis.value, arr.shape[2]):
+            return CenterEstimate(axis.value, axis.confidence, "360-overlap",
+                                  {"360-overlap": axis.value, **axis.estimates},
+                                  (f"half-turns overlap by {axis.overlap_px:.0f} columns",))
+    return auto_center(arr, angles, step=step)

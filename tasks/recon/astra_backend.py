@@ -1,4 +1,5 @@
-"""astra-toolbox backends: CPU FBP and SIRT (`linear` projector); CUDA variants when a GPU works.
+"""astra-toolbox backends: CPU FBP, SIRT and CGLS (`linear` projector); CUDA variants when a GPU
+works. SIRT and CGLS start from zero and run the given number of iterations.
 
 Geometry is made to match the phantom and the Fourier backend: pixel (iy, ix) centred at
 (x, y) = (ix - n//2, iy - n//2); astra's image rows run with decreasing y, so results are flipped.
@@ -38,9 +39,9 @@ def cuda_usable() -> bool:
 
 
 class AstraBackend(Backend):
-    """astra-toolbox FBP / SIRT, on the CPU or (cuda=True) the GPU."""
+    """astra-toolbox FBP / SIRT / CGLS, on the CPU or (cuda=True) the GPU."""
 
-    algorithms = ("fbp", "sirt")
+    algorithms = ("fbp", "sirt", "cgls")
 
     def __init__(self, cuda: bool = False):
         self.cuda = cuda
@@ -66,7 +67,8 @@ class AstraBackend(Backend):
         projector = astra.create_projector("cuda" if self.cuda else "linear", proj_geom, vol_geom)
         sino_id = astra.data2d.create("-sino", proj_geom, 0.0)
         rec_id = astra.data2d.create("-vol", vol_geom, 0.0)
-        kind = {"fbp": "FBP", "sirt": "SIRT"}[algorithm] + ("_CUDA" if self.cuda else "")
+        kind = {"fbp": "FBP", "sirt": "SIRT", "cgls": "CGLS"}[algorithm]
+        kind += "_CUDA" if self.cuda else ""
         out = np.empty((rows, n, n), np.float32)
         try:
             for r in range(rows):
@@ -93,5 +95,5 @@ class AstraBackend(Backend):
         n_pad = padded_length(n_cols, 2.0)
         sino = 4 * n_angles * n_cols * 2  # input + shifted copy
         shift_tmp = 16 * n_angles * (n_pad // 2 + 1)  # rfft spectrum (complex128)
-        image = 4 * n_cols * n_cols * 3  # output + astra's volume (+ SIRT temporaries)
+        image = 4 * n_cols * n_cols * 4  # output + astra's volume (+ SIRT/CGLS temporaries)
         return int(sino + shift_tmp + image)

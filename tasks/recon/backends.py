@@ -28,6 +28,7 @@ BACKENDS: dict[str, Callable[[], Backend]] = {
 AUTO_ORDER = {
     "fbp": ("gpu-fourier", "astra-cuda", "fourier", "tomopy", "astra"),
     "sirt": ("astra-cuda", "astra", "tomopy"),
+    "cgls": ("astra-cuda", "astra"),
 }
 
 
