@@ -132,21 +132,9 @@ def _strings(raw: Mapping, key: str) -> tuple[str, ...]:
 
 
 def _size(raw: Mapping, key: str) -> int | None:
-    value = raw.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise ConfigError(f"cluster.{key}: expected a size such as 16GB, got {value!r}")
-    from dask.utils import parse_bytes
+    from tomopipe.sizes import parse_size
 
-    try:
-        n = parse_bytes(value) if isinstance(value, str) else int(value)
-    except (ValueError, TypeError):
-        raise ConfigError(f"cluster.{key}: expected a size such as 16GB or 512MiB, "
-                          f"got {value!r}") from None
-    if n <= 0:
-        raise ConfigError(f"cluster.{key}: must be positive, got {value!r}")
-    return int(n)
+    return None if raw.get(key) is None else parse_size(raw[key], f"cluster.{key}")
 
 
 def parse_cluster_config(raw) -> ClusterConfig:
@@ -351,18 +339,10 @@ def gpu_memory_bytes() -> int | None:
 
 
 def parse_memory(value: str | int | None) -> int | None:
-    """'4GB', '512MiB', '2e9' or a number of bytes -> bytes."""
-    if value is None or isinstance(value, int):
-        return value
-    from dask.utils import parse_bytes
+    """'4GB', '512MiB', '2e9' or a number of bytes -> bytes (None stays None)."""
+    from tomopipe.sizes import parse_size
 
-    try:
-        n = parse_bytes(str(value))
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"--memory-limit {value!r}: not a size (e.g. 4GB, 512MiB)") from exc
-    if n <= 0:
-        raise ConfigError(f"--memory-limit {value!r}: must be positive")
-    return int(n)
+    return None if value is None else parse_size(value, "--memory-limit")
 
 
 def default_workers() -> int:
@@ -418,7 +398,7 @@ def dask_client(*, scheduler: str | None = None, workers: int | None = None,
     ``cluster`` (a ClusterConfig or a raw ``cluster:`` mapping) defaults to the one in
     ``$TOMOPIPE_HOME/config.yaml`` unless ``workers`` or ``gpus`` ask for a local cluster.
     """
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     if scheduler:
         with _connect(scheduler) as client:
@@ -439,11 +419,37 @@ def dask_client(*, scheduler: str | None = None, workers: int | None = None,
             yield client
         return
 
+    local = local_cluster(cfg, workers=workers, gpus=gpus, memory_limit=memory_limit)
+    try:
+        with Client(local) as client:
+            yield client
+    finally:
+        local.close()
+
+
+def local_cluster(cfg: ClusterConfig | None = None, *, workers: int | None = None,
+                  gpus: int | None = None, memory_limit: int | str | None = None,
+                  host: str | None = None, scheduler_port: int = 0,
+                  dashboard_address: str = ":0", preload: list[str] | None = None):
+    """A cluster on this machine: ``LocalCUDACluster`` (one worker per GPU) when GPUs are
+    present and dask-cuda is installed, else ``LocalCluster`` with one single-threaded worker
+    process per core. Workers run under nannies, which replace a worker whose process dies.
+
+    ``workers``/``gpus``/``memory_limit`` override the config's; ``host`` (e.g. 127.0.0.1)
+    binds scheduler and workers to one interface; ``preload`` names modules workers import first.
+    """
+    from distributed import LocalCluster
+
+    cfg = cfg or ClusterConfig()
     workers = workers if workers is not None else cfg.workers
     gpus = gpus if gpus is not None else cfg.gpus
     n_gpus = gpu_count() if gpus is None else gpus
     limit = parse_memory(memory_limit) or cfg.memory_limit
-    address = ":0"  # a free port: several clusters may run on one machine
+    where = {"dashboard_address": dashboard_address, "scheduler_port": scheduler_port}
+    if host:
+        where["host"] = host
+    if preload:
+        where["preload"] = list(preload)
     if n_gpus > 0:
         try:
             from dask_cuda import LocalCUDACluster
@@ -453,23 +459,11 @@ def dask_client(*, scheduler: str | None = None, workers: int | None = None,
             n_gpus = 0
     if n_gpus > 0:
         n = min(workers or n_gpus, n_gpus)
-        local = LocalCUDACluster(
-            CUDA_VISIBLE_DEVICES=list(range(n)),
-            memory_limit=limit or default_memory_per_worker(n),
-            dashboard_address=address,
-        )
-    else:
-        n = workers or default_workers()
-        local = LocalCluster(
-            n_workers=n, threads_per_worker=1, processes=True,
-            memory_limit=limit or default_memory_per_worker(n),
-            dashboard_address=address,
-        )
-    try:
-        with Client(local) as client:
-            yield client
-    finally:
-        local.close()
+        return LocalCUDACluster(CUDA_VISIBLE_DEVICES=list(range(n)),
+                                memory_limit=limit or default_memory_per_worker(n), **where)
+    n = workers or default_workers()
+    return LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                        memory_limit=limit or default_memory_per_worker(n), **where)
 
 
 def worker_resources(client) -> tuple[int, int | None]:

@@ -85,5 +85,5 @@ def test_memory_sizes_parse_or_fail_clearly():
 
     assert parse_memory("4GB") == 4 * 10**9 and parse_memory("512MiB") == 512 * 2**20
     assert parse_memory(None) is None and parse_memory(1234) == 1234
-    with pytest.raises(ConfigError, match="--memory-limit 'lots'"):
+    with pytest.raises(ConfigError, match="^--memory-limit: .*'lots'"):
         parse_memory("lots")

@@ -31,16 +31,14 @@ Example (all keys optional except where said)::
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from tomopipe.errors import ConfigError
+from tomopipe.sizes import parse_size
 
 MOVERS = ("local", "globus")
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?i?b?)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "p": 1e15}
 
 
 @dataclass(frozen=True)
@@ -103,28 +101,6 @@ class TransferConfig:
             raise ConfigError(f"{key}: site {name!r} is not defined under sites "
                               f"(defined: {sorted(self.sites)})")
         return self.sites[name]
-
-
-def parse_size(value, key: str) -> int:
-    """Bytes from an int or a string like "50GB", "2 GiB", "500M"."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{key}: expected a size such as 50GB, got {value!r}")
-    if isinstance(value, int | float):
-        if value <= 0:
-            raise ConfigError(f"{key}: must be positive, got {value!r}")
-        return int(value)
-    m = _SIZE.match(str(value))
-    if not m:
-        raise ConfigError(f"{key}: expected a size such as 50GB or 2GiB, got {value!r}")
-    unit = (m.group(2) or "").lower()
-    if "i" in unit:  # binary units: KiB, MiB, GiB ...
-        scale = 1024 ** ("kmgtp".index(unit[0]) + 1)
-    else:
-        scale = _UNITS[unit[:1]]
-    size = int(float(m.group(1)) * scale)
-    if size <= 0:
-        raise ConfigError(f"{key}: must be positive, got {value!r}")
-    return size
 
 
 def _number(raw: dict, key: str, path: str, default, kind=float, minimum=0):
