@@ -29,6 +29,7 @@ from pathlib import Path
 from tomopipe.deployments.events import START, STOP, run_resource, start_payload, stop_payload
 from tomopipe.deployments.ledger import Journal, Ledger, Spool
 
+from tomopipe.config import DEFAULT_TOMO_PLANS
 from tomopipe.errors import InputError
 
 log = logging.getLogger("tomopipe.bridge")
@@ -50,7 +51,7 @@ REQUIRED = {
 
 class Bridge:
     def __init__(self, writer, emit, ledger: Ledger, journal: Journal, *, beamline: str = "sim",
-                 tomo_plans=("tomo_scan",)):
+                 tomo_plans=DEFAULT_TOMO_PLANS):
         self.writer, self.emit, self.ledger, self.journal = writer, emit, ledger, journal
         self.beamline, self.tomo_plans = beamline, tuple(tomo_plans)
         self._starts: dict[str, dict] = {}  # open run uid -> start document

@@ -1,10 +1,11 @@
 """Register the deployments of ``prefect.yaml`` on the home's Prefect server.
 
-``register_all(settings, state)`` creates or updates each deployment (on the ``tomopipe``
-process work pool, its flow imported by module name, with its schedules), replaces
-its trigger automations, and deletes what is stale: deployments of our flows no longer in the
-file and their automations (deleting a deployment leaves its automations behind, so they are
-deleted explicitly first).
+Through Prefect's own deployment API: each entry becomes ``flow.to_deployment(...)`` (a
+``RunnerDeployment`` on the ``tomopipe`` process work pool, with its schedules and its triggers
+as ``DeploymentEventTrigger``s) and ``apply()`` creates or updates it and replaces its trigger
+automations. What is ours on top is a small stale clean-up: deployments of our pool that the file
+no longer defines are deleted, with their automations (deleting a deployment leaves its
+automations behind).
 """
 
 from __future__ import annotations
@@ -34,28 +35,48 @@ def load_spec(path: Path = PREFECT_YAML) -> dict:
 
 
 def register_all(settings: Settings, state: dict, *, prefect_yaml: Path = PREFECT_YAML) -> dict:
-    """Create/update every deployment whose flow file exists; returns {name: deployment id}."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    """Create or update every deployment of prefect.yaml on ``state["prefect_api"]``, delete
+    stale ones; returns {"flow/deployment": deployment id}."""
+    from prefect.client.schemas.objects import VersionInfo
 
-    with temporary_settings({PREFECT_API_URL: state["prefect_api"]}):
-        return asyncio.run(_register(settings, state, load_spec(prefect_yaml)))
+    from tomopipe.context import prefect_api_scope
+
+    spec = load_spec(prefect_yaml)
+    deployments = [_deployment(settings, state, d) for d in spec["deployments"]]
+    # the package's version, rather than Prefect asking git in whatever folder `up` ran from
+    version = VersionInfo(type="prefect:simple", version=tomopipe.__version__)
+    with prefect_api_scope(state["prefect_api"]):
+        registered = {}
+        for deployment in deployments:
+            registered[deployment.full_name] = str(deployment.apply(version_info=version))
+        asyncio.run(_delete_stale(registered, {d.work_pool_name for d in deployments}))
+    return registered
 
 
-async def _delete_orphan_automations(client) -> list[str]:
-    """Automations owned by a deployment that no longer exists (left behind by a deletion)."""
-    from prefect.exceptions import ObjectNotFound
+def _deployment(settings: Settings, state: dict, d: dict):
+    """The RunnerDeployment of one prefect.yaml entry."""
+    from prefect.flows import load_flow_from_entrypoint
+    from tomopipe.deployments.triggers import build_triggers
 
-    deleted = []
-    for automation in await client.read_automations():
-        owner = automation.owner_resource or ""
-        if not owner.startswith("prefect.deployment."):
-            continue
-        try:
-            await client.read_deployment(owner.removeprefix("prefect.deployment."))
-        except ObjectNotFound:
-            await client.delete_automation(automation.id)
-            deleted.append(automation.name)
-    return deleted
+    name, entry = d.get("name"), d.get("entrypoint")
+    if not name or not entry:
+        raise ConfigError(f"prefect.yaml: every deployment needs a name and an entrypoint: {d}")
+    try:
+        flow = load_flow_from_entrypoint(entry)
+    except Exception as exc:
+        raise ConfigError(f"prefect.yaml: deployment {name!r}: cannot load {entry}: "
+                          f"{exc}") from exc
+    pool = d.get("work_pool") or {}
+    deployment = flow.to_deployment(
+        name=name, description=d.get("description"), parameters=d.get("parameters") or {},
+        work_pool_name=pool.get("name") or state.get("work_pool", "tomopipe"),
+        job_variables={**_job_variables(settings, state, entry),
+                       **(pool.get("job_variables") or {})},
+        schedules=_schedules(d), triggers=build_triggers(name, d.get("triggers") or []),
+        version=tomopipe.__version__, enforce_parameter_schema=True,
+    )
+    deployment.entrypoint = entry  # the module path as prefect.yaml gives it
+    return deployment
 
 
 def _job_variables(settings: Settings, state: dict, entrypoint: str) -> dict:
@@ -82,51 +103,26 @@ def _schedules(deployment: dict) -> list:
     return made
 
 
-async def _register(settings: Settings, state: dict, spec: dict) -> dict:
+async def _delete_stale(registered: dict[str, str], pools: set[str]) -> None:
+    """Delete the deployments of our pools that prefect.yaml no longer defines, their
+    automations first, then automations whose deployment is gone."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
-    from prefect.flows import load_flow_from_entrypoint
-    from prefect.utilities.callables import parameter_schema
-    from tomopipe.deployments.triggers import build_triggers
+    from prefect.exceptions import ObjectNotFound
 
-    pull = spec.get("pull") or []
-    registered: dict[str, str] = {}
     async with get_client() as client:
-        for d in spec["deployments"]:
-            entry = d["entrypoint"]
-            try:
-                flow = load_flow_from_entrypoint(entry)
-            except Exception as exc:
-                raise ConfigError(f"prefect.yaml: deployment {d['name']!r}: cannot load "
-                                  f"{entry}: {exc}") from exc
-            flow_id = await client.create_flow_from_name(flow.name)
-            pool = (d.get("work_pool") or {}).get("name") or state.get("work_pool", "tomopipe")
-            dep_id = await client.create_deployment(
-                flow_id=flow_id, name=d["name"], entrypoint=entry, work_pool_name=pool,
-                description=d.get("description"), parameters=d.get("parameters") or {},
-                parameter_openapi_schema=parameter_schema(flow).model_dump_for_openapi(),
-                pull_steps=d.get("pull") or pull,
-                job_variables={**_job_variables(settings, state, entry),
-                               **((d.get("work_pool") or {}).get("job_variables") or {})},
-                schedules=_schedules(d),
-                enforce_parameter_schema=True,
-            )
-            await client.delete_resource_owned_automations(f"prefect.deployment.{dep_id}")
-            for trigger in build_triggers(d["name"], d.get("triggers") or []):
-                trigger.set_deployment_id(dep_id)
-                await client.create_automation(trigger.as_automation())
-            registered[f"{flow.name}/{d['name']}"] = str(dep_id)
-
-        # stale: deployments of our pool that the file no longer defines
-        pool_names = {(d.get("work_pool") or {}).get("name", "tomopipe")
-                      for d in spec["deployments"]}
         existing = await client.read_deployments(work_pool_filter=WorkPoolFilter(
-            name=WorkPoolFilterName(any_=sorted(pool_names))))
+            name=WorkPoolFilterName(any_=sorted(pools))))
         flows = {f.id: f.name for f in await client.read_flows()}
         for dep in existing:
-            full = f"{flows.get(dep.flow_id, '?')}/{dep.name}"
-            if full not in registered:
+            if f"{flows.get(dep.flow_id, '?')}/{dep.name}" not in registered:
                 await client.delete_resource_owned_automations(f"prefect.deployment.{dep.id}")
                 await client.delete_deployment(dep.id)
-        await _delete_orphan_automations(client)
-    return registered
+        for automation in await client.read_automations():
+            owner = automation.owner_resource or ""
+            if not owner.startswith("prefect.deployment."):
+                continue
+            try:
+                await client.read_deployment(owner.removeprefix("prefect.deployment."))
+            except ObjectNotFound:
+                await client.delete_automation(automation.id)

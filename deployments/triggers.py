@@ -1,8 +1,9 @@
-"""Deployment triggers from prefect.yaml's ``triggers`` entries (as ``prefect deploy`` does)."""
+"""Deployment triggers from prefect.yaml's ``triggers`` entries, checked as Prefect's own
+``DeploymentTriggerTypes`` (``DeploymentEventTrigger`` and the rest), with an error naming the
+deployment and the trigger. The deployment names their automations ``<deployment>__automation_N``.
+"""
 
 from __future__ import annotations
-
-import copy
 
 from tomopipe.errors import ConfigError
 
@@ -14,8 +15,6 @@ def build_triggers(deployment_name: str, specs: list[dict]) -> list:
     adapter = TypeAdapter(DeploymentTriggerTypes)
     triggers = []
     for i, spec in enumerate(specs, start=1):
-        spec = copy.deepcopy(spec)
-        spec.setdefault("name", f"{deployment_name}__automation_{i}")
         try:
             triggers.append(adapter.validate_python(spec))
         except ValidationError as exc:

@@ -45,9 +45,9 @@ from pathlib import Path
 from tomopipe.tasks.paths import resolve_data_path
 from tomopipe.tasks.sources.spec import FrameSet, ScanSpec
 
+from tomopipe.config import DEFAULT_TOMO_PLANS
 from tomopipe.errors import InputError
 
-DEFAULT_TOMO_PLANS = ("tomo_scan",)
 DEFAULT_STREAMS = {"projections": "primary", "flats": "flat", "darks": "dark"}
 AD_HDF5_SPECS = ("AD_HDF5", "AD_HDF5_SWMR", "AD_HDF5_SWMR_STREAM", "AD_HDF5_SWMR_SLICE")
 AD_HDF5_DATASET = "/entry/data/data"
