@@ -170,8 +170,8 @@ def hostile_uris(root: Path, outside: Path) -> dict[str, str]:
     depth = len(root.resolve().parts) - 1
     return {
         "'..' escape": str(root / ("../" * depth).rstrip("/")) + str(target),
-        "'..' escape in a file URI": root.resolve().as_uri() + "/../" + os.path.relpath(target,
-                                                                                    root),
+        "'..' escape in a file URI": root.resolve().as_uri() + "/" + os.path.relpath(target,
+                                                                                  root),
         "relative '..' escape": os.path.relpath(target, root),
         "symbolic link to a file outside": str(link),
         "symbolic link to a folder outside": str(folder_link / target.name),
