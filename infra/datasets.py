@@ -18,6 +18,7 @@ from tomopipe.tasks.phantom import (
     DEFAULT_FEATURES,
     phantom_projections,
     phantom_volume,
+    rescale_geometry,
     scale_features,
 )
 
@@ -80,6 +81,38 @@ def make_phantom_scan(
     return dict(projections=projections, flats=flats, darks=darks, angles_deg=angles_deg,
                 center=center, truth=truth, flat_field=field, dark_level=DARK_LEVEL,
                 features=tuple(features))
+
+
+def make_offset_axis_scan(
+    n_cols: int,
+    n_rows: int,
+    n_angles: int,
+    *,
+    axis: float,
+    object_width: float,
+    with_truth: bool = True,
+    **kwargs,
+) -> dict:
+    """A 360-degree scan with the rotation axis at column ``axis`` of an ``n_cols`` detector,
+    of the default phantom made ``object_width`` pixels wide (its body's full width): wider
+    than the detector when object_width > n_cols (extended field of view).
+
+    Returns ``make_phantom_scan``'s dict; ``truth`` is sampled on the stitched slice, as wide as
+    ``stitch360.stitched_width(axis, n_cols)`` (``full_width``), centred on the axis.
+    """
+    from tomopipe.tasks.preprocess.stitch360 import stitched_width
+
+    full = stitched_width(axis, n_cols)
+    body_a = DEFAULT_FEATURES[0].a  # the body's semi-axis, a fraction of the slice width
+    n_body = object_width / (2 * body_a)  # the slice width the default phantom would fill
+    geometry = rescale_geometry(DEFAULT_FEATURES, n_body, n_cols)
+    features = scale_features(geometry, REFERENCE_N / n_body)  # realistic transmission
+    scan = make_phantom_scan(n_cols, n_rows, n_angles, angle_range=(0.0, 360.0), center=axis,
+                             features=features, with_truth=False, **kwargs)
+    scan["full_width"] = full
+    scan["truth"] = (phantom_volume(full, n_rows, rescale_geometry(features, n_cols, full))
+                     if with_truth else None)
+    return scan
 
 
 def _frames(group: h5py.Group, name: str, frames: np.ndarray) -> h5py.Dataset:
