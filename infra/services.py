@@ -10,6 +10,9 @@
 - ``zmq_proxy``: bluesky's 0MQ proxy, the document bus (loopback only; documents in
   msgpack unless config.yaml's ``bus.serializer`` says json or pickle);
 - ``tiled``: a Tiled catalog server that stores Bluesky runs and reads the data roots;
+- ``dask``: the standing Dask cluster (``infra/dask_service.py``), scheduler and nanny-managed
+  workers on loopback, when config.yaml's ``cluster.kind`` is ``local`` (the default); with
+  ``address`` the configured scheduler goes into the state instead and nothing is started;
 - ``bridge``: ``python -m tomopipe.deployments.bridge --home H`` (documents -> catalog +
   Prefect events), started after the state file is written, because it reads the addresses
   from there;
@@ -20,6 +23,7 @@ by side on different ports.
 
 State keys: prefect_api (http://127.0.0.1:P/api), prefect_ui, prefect_home, work_pool, zmq_in,
 zmq_out (tcp://127.0.0.1:PORT), zmq_serializer (msgpack by default), tiled (http://127.0.0.1:T),
+dask_scheduler (tcp://127.0.0.1:P), dask_dashboard (http URL),
 tiled_api_key, data_root (the first of data_roots), data_roots, output_root, home, pids and started
 ({service: pid / process start time}), logs ({service: path}), startup_seconds and startup_timings
 (seconds from start to each one healthy).
@@ -41,7 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-from tomopipe.infra import processes, tiled_server
+from tomopipe.infra import dask_service, processes, tiled_server
 from tomopipe.infra.processes import LOOPBACK
 from tomopipe.infra.state import clear_services, read_services, write_services
 
@@ -51,7 +55,7 @@ from tomopipe.errors import ConfigError, ServiceError
 WORK_POOL = "tomopipe"
 SERIALIZER = "msgpack"  # the default of config.yaml's bus.serializer
 # Start order; down stops them in reverse.
-SERVICES = ("prefect", "worker", "zmq_proxy", "tiled", "bridge")
+SERVICES = ("prefect", "dask", "worker", "zmq_proxy", "tiled", "bridge")
 STARTING_FILE = "services.starting.json"  # pids of an `up` in progress
 
 # The worker is woken by the server's event stream when a run of its pool is scheduled
@@ -74,6 +78,8 @@ class Ports:
     tiled: int | None = None
     zmq_in: int | None = None
     zmq_out: int | None = None
+    dask_scheduler: int | None = None
+    dask_dashboard: int | None = None
 
 
 def _exe(name: str) -> str:
@@ -144,6 +150,7 @@ def _checks(state: dict) -> dict[str, Callable[[], bool]]:
         and processes.tcp_listening(state["zmq_out"]),
         "tiled": lambda: running("tiled") and tiled_server.healthy(state["tiled"]),
         "bridge": lambda: running("bridge"),
+        "dask": lambda: running("dask") and dask_service.healthy(state),
     }
 
 
@@ -167,7 +174,7 @@ def status(home: Path) -> dict | None:
 
 def _pick_ports(ports: Ports) -> Ports:
     chosen = {}
-    fields = ("prefect", "tiled", "zmq_in", "zmq_out")
+    fields = ("prefect", "tiled", "zmq_in", "zmq_out", "dask_scheduler", "dask_dashboard")
     # configured ports first, so a free one picked for another service cannot take theirs
     for field in sorted(fields, key=lambda f: getattr(ports, f) is None):
         port = getattr(ports, field)
@@ -307,6 +314,8 @@ def _up(settings: Settings, home: Path, *, ports: Ports | None, timeout: float, 
         "data_root": str(data_roots[0]),
         "data_roots": [str(r) for r in data_roots],
         "output_root": str(settings.output_root),
+        # dask_scheduler, dask_dashboard: the standing cluster (or the configured address)
+        **dask_service.state_keys(settings, ports.dask_scheduler, ports.dask_dashboard),
     }
     env = base_env(home, prefect_api)
     run = _Launcher(home)
@@ -328,6 +337,10 @@ def _up(settings: Settings, home: Path, *, ports: Ports | None, timeout: float, 
                                 "--out-address", state["zmq_out"]], env)
         config = tiled_server.write_config(home, data_roots, state["tiled_api_key"])
         run.start("tiled", tiled_server.argv(_exe("tiled"), config, ports.tiled), env)
+        if dask_service.standing_kind(settings) == "local":
+            (home / dask_service.READY_FILE).unlink(missing_ok=True)
+            run.start("dask", dask_service.argv(home, ports.dask_scheduler, ports.dask_dashboard),
+                      env, cwd=home)
 
         checks = _checks({**state, "pids": run.pids(), "started": run.started()})
         run.wait("prefect", checks["prefect"], timeout)
@@ -340,6 +353,9 @@ def _up(settings: Settings, home: Path, *, ports: Ports | None, timeout: float, 
             "tiled (reading its catalog with the API key)",
             lambda: tiled_server.catalog_answers(state["tiled"], state["tiled_api_key"]),
             proc=run.procs["tiled"], log_path=run.logs["tiled"], timeout=30)
+        if "dask" in run.procs:
+            run.wait("dask", lambda: dask_service.ready(home) and checks["dask"](), timeout)
+            timings["dask"] = time.monotonic() - t0
         run.wait("worker", checks["worker"], timeout)
         timings["worker"] = time.monotonic() - t0
         _wait_for_zygote(home, run, timeout)

@@ -17,6 +17,17 @@ import numpy as np
 from tomopipe.errors import InputError
 
 OME_VERSION = "0.5"
+# The one place the volume codec is chosen (Blosc with byte shuffle; None: uncompressed).
+# Figures behind the choice: benchmarks/bench_write.py and the README's write-path table.
+DEFAULT_CODEC: dict | None = {"cname": "zstd", "clevel": 3}
+# Typical compression ratio (raw / stored) of reconstructed float32 slices per Blosc codec, from
+# bench_write.py on a noisy phantom (zstd 1.17-1.23, lz4 1.16), rounded down: the disk-space
+# pre-flight (tasks/storage/space.py) divides by it.
+CODEC_RATIO = {"zstd": 1.15, "lz4": 1.1}
+
+
+def codec_ratio(codec: dict | None) -> float:
+    return 1.0 if codec is None else CODEC_RATIO.get(codec["cname"], 1.0)
 AXES = ("z", "y", "x")
 PROVENANCE_ATTR = "tomopipe"
 
@@ -72,12 +83,24 @@ def ome_metadata(n_levels: int, pixel_size_um: float | None, name: str = "volume
     }
 
 
-def create_volume(path: Path, levels: Sequence[LevelLayout], *, pixel_size_um: float | None,
-                  provenance: dict, name: str = "volume") -> None:
-    """Create the group, its metadata and one empty sharded float32 array per level."""
-    import zarr
+def _compressors(codec: dict | None) -> tuple:
     from zarr.codecs import BloscCodec
 
+    if codec is None:
+        return ()
+    return (BloscCodec(cname=codec["cname"], clevel=int(codec["clevel"]), shuffle="shuffle"),)
+
+
+def create_volume(path: Path, levels: Sequence[LevelLayout], *, pixel_size_um: float | None,
+                  provenance: dict, name: str = "volume",
+                  codec: dict | None | str = "default") -> None:
+    """Create the group, its metadata and one empty sharded float32 array per level.
+
+    ``codec``: Blosc ``{"cname", "clevel"}``, None for none, or "default" (DEFAULT_CODEC).
+    """
+    import zarr
+
+    codec = DEFAULT_CODEC if codec == "default" else codec
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
     for k, lev in enumerate(levels):
         group.create_array(
@@ -87,7 +110,7 @@ def create_volume(path: Path, levels: Sequence[LevelLayout], *, pixel_size_um: f
             shards=lev.shards,
             dtype="float32",
             fill_value=0.0,
-            compressors=BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"),
+            compressors=_compressors(codec),
             dimension_names=AXES,
         )
     group.attrs.update({

@@ -12,17 +12,20 @@ from tomopipe.config import home as default_home
 from tomopipe.config import load_settings
 from tomopipe.errors import ConfigError
 
-ADDRESSES = ("prefect_ui", "prefect_api", "zmq_in", "zmq_out", "tiled", "data_root")
+ADDRESSES = ("prefect_ui", "prefect_api", "zmq_in", "zmq_out", "tiled", "dask_scheduler",
+             "dask_dashboard", "data_root")
 
 
 def add_parser(subparsers) -> None:
     up = subparsers.add_parser(
-        "up", help="start the embedded services (Prefect, worker, 0MQ proxy, Tiled, bridge)",
+        "up", help="start the embedded services (Prefect, worker, 0MQ proxy, Tiled, Dask, bridge)",
         description="Start the embedded services of $TOMOPIPE_HOME on loopback and register the "
                     "deployments. Does nothing when they already run.")
     for name, what in (("prefect", "Prefect server port"), ("tiled", "Tiled server port"),
                        ("zmq-in", "0MQ proxy port publishers send to"),
-                       ("zmq-out", "0MQ proxy port subscribers read from")):
+                       ("zmq-out", "0MQ proxy port subscribers read from"),
+                       ("dask-scheduler", "Dask scheduler port"),
+                       ("dask-dashboard", "Dask dashboard port")):
         env = f"TOMOPIPE_{name.replace('-', '_').upper()}_PORT"
         up.add_argument(f"--{name}-port", type=int,
                         help=f"{what} (default: ${env}, else a free one)")
@@ -62,7 +65,8 @@ def run_up(args: argparse.Namespace) -> int:
     settings = load_settings()
     ports = services.Ports(**{
         name: getattr(args, f"{name}_port") or _env_port(f"TOMOPIPE_{name.upper()}_PORT")
-        for name in ("prefect", "tiled", "zmq_in", "zmq_out")})
+        for name in ("prefect", "tiled", "zmq_in", "zmq_out", "dask_scheduler",
+                     "dask_dashboard")})
     print(f"starting the services of {settings.home} ...", flush=True)
     t0 = time.monotonic()
     state, started = services.up(
@@ -116,6 +120,6 @@ def run_down(args: argparse.Namespace) -> int:
 def _print_addresses(state: dict) -> None:
     for key in ADDRESSES:
         if key in state:
-            print(f"{key:<12} {state[key]}")
-    print(f"{'serializer':<12} {state.get('zmq_serializer')}")
-    print(f"{'home':<12} {state.get('home')}")
+            print(f"{key:<15} {state[key]}")
+    print(f"{'serializer':<15} {state.get('zmq_serializer')}")
+    print(f"{'home':<15} {state.get('home')}")
