@@ -220,6 +220,56 @@ def test_sirt_beats_fbp_on_few_angles():
     assert rmse(sirt) < 0.85 * rmse(fbp)
 
 
+def _few_angles_case(n=128, n_angles=30):
+    angles = np.linspace(0, np.pi, n_angles, endpoint=False)
+    features = scale_features(DEFAULT_FEATURES, 512 / n)
+    return (sinograms(n, 1, angles, features=features), angles,
+            phantom_volume(n, 1, features=features))
+
+
+def test_cgls_converges_on_few_angles_faster_than_sirt():
+    """30 angles of the analytic phantom: CGLS after 15 iterations is closer to the truth than
+    FBP and than SIRT after the same 15; each body material within 5 % on average."""
+    sinos, angles, truth = _few_angles_case()
+    n = sinos.shape[-1]
+
+    def rmse(x):
+        return float(np.sqrt(((x - truth) ** 2).mean()))
+
+    cgls = backend("astra", "cgls").reconstruct(sinos, angles, n / 2, algorithm="cgls",
+                                                iterations=15)
+    sirt = backend("astra", "sirt").reconstruct(sinos, angles, n / 2, algorithm="sirt",
+                                                iterations=15)
+    fbp = backend("fourier").reconstruct(sinos, angles, n / 2)
+    assert rmse(cgls) < 0.85 * rmse(fbp)
+    assert rmse(cgls) < 0.7 * rmse(sirt)
+    body = ndimage.binary_erosion(np.abs(truth[0] - BODY_MU * 512 / n) < 1e-9, iterations=3)
+    assert body.sum() > 500
+    assert abs(cgls[0][body].mean() / truth[0][body].mean() - 1) < 0.05
+
+
+def test_cgls_iterations_matter():
+    sinos, angles, truth = _few_angles_case()
+    n = sinos.shape[-1]
+    one = backend("astra", "cgls").reconstruct(sinos, angles, n / 2, algorithm="cgls",
+                                               iterations=1)
+    many = backend("astra", "cgls").reconstruct(sinos, angles, n / 2, algorithm="cgls",
+                                                iterations=20)
+    assert np.abs(many - truth).mean() < 0.5 * np.abs(one - truth).mean()
+
+
+def test_cgls_bad_choices_are_named():
+    assert get_backend("auto", "cgls").name in ("astra", "astra-cuda")
+    with pytest.raises(ConfigError, match="does not do 'cgls'"):
+        get_backend("fourier", "cgls")
+    from tomopipe.tasks.recon.params import ReconParams
+
+    with pytest.raises(ConfigError, match="parameter iterations:"):
+        ReconParams(algorithm="cgls", iterations=0)
+    with pytest.raises(ConfigError, match="parameter algorithm:.*cgls"):
+        ReconParams(algorithm="art")
+
+
 # --- the registry ---------------------------------------------------------------------------------
 
 
