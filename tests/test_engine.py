@@ -163,7 +163,7 @@ def test_impossible_memory_budget_writes_nothing(scan, tmp_path):
 @pytest.mark.parametrize("bad, field", [
     ({"filter_name": "bogus"}, "filter_name"), ({"center": "middle"}, "center"),
     ({"center": float("nan")}, "center"), ({"rows": (8, 4)}, "rows"),
-    ({"zingers": -1.0}, "zingers"), ({"sirt_iterations": 0}, "sirt_iterations"),
+    ({"zingers": -1.0}, "zingers"), ({"iterations": 0}, "iterations"),
     ({"flat_method": "max"}, "flat_method"), ({"rings": "wavelet"}, "rings")])
 def test_bad_parameters_are_refused_where_given(bad, field, tmp_path):
     """Before any output exists: the flows build ReconParams from config.yaml and parameters."""

@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
-import functools
 import os
 import platform
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -24,7 +25,7 @@ import numpy as np
 from tomopipe.tasks.recon.params import ReconParams
 from tomopipe.tasks.recon.planning import ChunkPlan, plan
 from tomopipe.tasks.sources.spec import ScanSpec
-from tomopipe.tasks.storage import publish
+from tomopipe.tasks.storage import publish, space
 from tomopipe.tasks.storage.location import volume_key
 from tomopipe.tasks.storage.omezarr import create_volume
 
@@ -114,14 +115,15 @@ def find_center(spec: ScanSpec, params: ReconParams, rows: tuple[int, int]) -> d
             raise InputError(spec.label, f"centre {value} lies outside the detector row "
                              f"0:{spec.n_cols}", where="center")
         return {"value": value, "method": "given", "confidence": None, "estimates": {}}
-    from tomopipe.tasks.preprocess.center import auto_center
+    from tomopipe.tasks.preprocess.center import find_rotation_axis
     from tomopipe.tasks.recon.slab import preprocess_slab
-    from tomopipe.tasks.sources.hdf5io import read_slab
+    from tomopipe.tasks.recon.slab_inputs import load_slab
 
     mid = (rows[0] + rows[1]) // 2
     band = (max(rows[0], mid - CENTER_BAND_ROWS // 2), min(rows[1], mid + CENTER_BAND_ROWS // 2))
-    sinos = preprocess_slab(*read_slab(spec, band), params)
-    est = auto_center(sinos, angles_rad(spec))
+    inputs = load_slab(spec, band, params)
+    sinos = preprocess_slab(*inputs.frames, params, **inputs.options)
+    est = find_rotation_axis(sinos, angles_rad(spec))  # 360-degree offset axes included
     return {"value": float(est.value), "method": str(est.method),
             "confidence": float(est.confidence),
             "estimates": {str(k): float(v) for k, v in dict(est.estimates).items()},
@@ -131,7 +133,7 @@ def find_center(spec: ScanSpec, params: ReconParams, rows: tuple[int, int]) -> d
 def run_slab(job: SlabJob) -> dict:
     """Reconstruct one slab and write it; runs on a worker. Idempotent (done-marker)."""
     from tomopipe.tasks.recon.slab import reconstruct_slab
-    from tomopipe.tasks.sources.hdf5io import read_slab
+    from tomopipe.tasks.recon.slab_inputs import load_slab
     from tomopipe.tasks.storage.omezarr import write_levels
     from tomopipe.tasks.storage.pyramid import build_levels
 
@@ -139,28 +141,46 @@ def run_slab(job: SlabJob) -> dict:
     if publish.slab_done(job.partial, z_rows):
         return {"rows": list(job.rows), "skipped": True}
     t0 = time.perf_counter()
-    proj, flats, darks = read_slab(job.spec, job.rows)
+    with _READ_LOCK:  # one reader per process: HDF5 (SWMR refresh) breaks on concurrent opens
+        inputs = load_slab(job.spec, job.rows, job.params)  # with halo rows, flat-drift schedule
+    proj, flats, darks = inputs.frames
+    options = inputs.options
+    del inputs
     t1 = time.perf_counter()
     backend = _cached_backend(job.backend, job.params.algorithm,
                               _worker_threads().get("nthreads"))
     recon = reconstruct_slab(proj, flats, darks, angles_rad(job.spec), job.center, job.params,
-                             backend=backend, pixel_size_um=job.pixel_size_um)
+                             backend=backend, **{**options, "pixel_size_um": job.pixel_size_um})
     del proj, flats, darks
     t2 = time.perf_counter()
-    write_levels(Path(job.partial), job.z0, build_levels(recon, job.n_levels))
+    levels = build_levels(recon, job.n_levels)
     t3 = time.perf_counter()
-    info = {"read_s": t1 - t0, "recon_s": t2 - t1, "write_s": t3 - t2, "pid": os.getpid()}
+    write_levels(Path(job.partial), job.z0, levels)
+    del levels, recon
+    t4 = time.perf_counter()
+    info = {"read_s": t1 - t0, "recon_s": t2 - t1, "pyramid_s": t3 - t2, "write_s": t4 - t3,
+            "pid": os.getpid()}
     publish.mark_slab_done(job.partial, z_rows, info)
     _release_memory()
     return {"rows": list(job.rows), "skipped": False, **info}
 
 
-@functools.lru_cache(maxsize=4)
+_BACKENDS = threading.local()
+# Slab threads of one process read their HDF5 rows one at a time (h5py serialises its calls
+# anyway; two handles of one SWMR file refreshed at once crash HDF5).
+_READ_LOCK = threading.Lock()
+
+
 def _cached_backend(name: str, algorithm: str, nthreads: int | None):
-    """One backend per process: backends keep plans (e.g. NUFFT) between slabs."""
+    """One backend per thread (a Dask worker has one; in-process runs one per slab thread):
+    backends keep plans (e.g. NUFFT) between slabs, and a plan is not shared between threads."""
     from tomopipe.tasks.recon.backends import get_backend
 
-    return get_backend(name, algorithm, **({"nthreads": nthreads} if nthreads else {}))
+    cache = _BACKENDS.__dict__.setdefault("by_key", {})
+    key = (name, algorithm, nthreads)
+    if key not in cache:
+        cache[key] = get_backend(name, algorithm, **({"nthreads": nthreads} if nthreads else {}))
+    return cache[key]
 
 
 def _worker_threads() -> dict:
@@ -185,12 +205,18 @@ def _release_memory() -> None:
 
 
 @contextlib.contextmanager
-def _executor(client, scheduler, workers, memory_limit):
-    """Yields a Dask client, or None for in-process execution (workers == 0)."""
+def _executor(client, scheduler, workers, memory_limit, threads=None):
+    """Yields a Dask client, a thread pool (``threads``: slabs side by side in this process, no
+    Dask) or None for serial in-process execution (workers == 0)."""
     if client is not None:
         yield client
     elif scheduler is None and workers == 0:
         yield None
+    elif scheduler is None and workers is None and threads:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="slab") as pool:
+            yield pool
     else:
         from tomopipe.infra.cluster import dask_client
 
@@ -202,10 +228,11 @@ def _budget(client, memory_limit) -> tuple[int, int]:
     from tomopipe.infra.cluster import default_memory_per_worker, parse_memory, worker_resources
 
     limit = parse_memory(memory_limit)
-    if client is None:
+    if client is None or isinstance(client, Executor):
         import psutil
 
-        return 1, limit or int(psutil.virtual_memory().available * 0.8)
+        n = getattr(client, "_max_workers", 1)
+        return n, limit or int(psutil.virtual_memory().available * 0.8 / n)
     n, worker_limit = worker_resources(client)
     n = max(1, n)
     return n, limit or worker_limit or default_memory_per_worker(n)
@@ -220,6 +247,21 @@ def _run_jobs(client, jobs: Sequence[SlabJob], progress, done0: int, total: int)
             done += 1
             if progress:
                 progress(done, total)
+        return results
+    if isinstance(client, Executor):
+        from concurrent.futures import as_completed as finished
+
+        pending = [client.submit(run_slab, job) for job in jobs]
+        try:
+            for fut in finished(pending):
+                results.append(fut.result())
+                done += 1
+                if progress:
+                    progress(done, total)
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
         return results
     from distributed import KilledWorker, as_completed
 
@@ -249,17 +291,22 @@ def reconstruct(spec: ScanSpec, params: ReconParams, out: str | os.PathLike, *, 
                 memory_limit: int | str | None = None,
                 progress: Callable[[int, int], None] | None = None,
                 extra_provenance: dict | None = None, overwrite: bool = False,
-                levels: int | None = None, max_slab_rows: int | None = None) -> ReconResult:
+                levels: int | None = None, max_slab_rows: int | None = None,
+                threads: int | None = None) -> ReconResult:
     """Reconstruct ``spec`` with ``params`` into the OME-Zarr volume ``out``.
 
     ``client``: a distributed Client to use; else ``scheduler`` (an address) is connected, else
-    a local cluster of ``workers`` is started (``workers=0`` runs in this process, no Dask).
+    with ``threads`` slabs run on that many threads of this process (no Dask), else a local
+    cluster of ``workers`` is started (``workers=0`` runs in this process, one slab at a time).
     ``memory_limit`` (bytes or '4GB') is the budget per worker for the chunk planner;
     ``levels`` (pyramid levels, level 0 included) and ``max_slab_rows`` override its choices.
     """
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     out = Path(out)
+    from tomopipe.tasks.recon.slab_inputs import prepare_spec
+
+    spec = prepare_spec(spec, params)  # flats/darks from other files, when the params name them
     key = volume_key(spec, params)  # the one place that decides keys and paths
     rows = resolve_rows(spec, params)
     shape = (rows[1] - rows[0], spec.n_cols, spec.n_cols)
@@ -278,21 +325,60 @@ def reconstruct(spec: ScanSpec, params: ReconParams, out: str | os.PathLike, *, 
     from tomopipe.tasks.recon.backends import get_backend
 
     px = pixel_size(spec, params)
+    from tomopipe.tasks.recon.slab import output_width, require_pixel_size
+
+    require_pixel_size(params, px, spec.label)
     backend = get_backend(params.backend if pub.state == "fresh" else pub.job["backend"]["name"],
                           params.algorithm)
-    backend_name, backend_device = backend.name, backend.device
     if params.center != "auto":
-        find_center(spec, params, rows)  # check a given centre before starting a cluster
+        given = find_center(spec, params, rows)  # check a given centre before starting a cluster
+        width = output_width(angles_rad(spec), given["value"], spec.n_cols)  # 360 offset: wider
+        shape = (shape[0], width, width)
+    needed = _space_needed(pub, shape, levels)
+    space.check_fits(out, needed, pub.partial)  # refuse before anything starts or is written
+    try:
+        return _reconstruct(spec, params, out, pub, key, rows, shape, px, backend, timings,
+                            t_start, client=client, scheduler=scheduler, workers=workers,
+                            threads=threads, memory_limit=memory_limit, progress=progress,
+                            extra_provenance=extra_provenance, levels=levels,
+                            max_slab_rows=max_slab_rows)
+    except OSError as exc:
+        if space.is_disk_full(exc):
+            raise space.disk_full_error(out, needed) from None
+        raise
 
+
+def _space_needed(pub, shape, levels) -> int:
+    """Bytes the volume still needs: all of it, or a resumed job's slabs still to do."""
+    from tomopipe.tasks.recon.planning import default_levels
+
+    if pub.state == "resume":
+        chunk_plan = ChunkPlan.from_dict(pub.job["plan"])
+        slabs = chunk_plan.slabs()
+        todo = sum(not publish.slab_done(pub.partial, s) for s in slabs)
+        return space.volume_bytes(shape, chunk_plan.n_levels) * todo // max(1, len(slabs))
+    n_levels = levels if levels is not None else default_levels(shape[0], shape[1])
+    return space.volume_bytes(shape, n_levels)
+
+
+def _reconstruct(spec, params, out, pub, key, rows, shape, px, backend, timings, t_start, *,
+                 client, scheduler, workers, threads, memory_limit, progress, extra_provenance,
+                 levels, max_slab_rows) -> ReconResult:
+    backend_name, backend_device = backend.name, backend.device
     t = time.perf_counter()
-    with _executor(client, scheduler, workers, memory_limit) as dask:
+    with _executor(client, scheduler, workers, memory_limit, threads) as dask:
         timings["cluster_s"] = time.perf_counter() - t
         t = time.perf_counter()
+        from tomopipe.tasks.recon.slab import output_width
+
         if pub.state == "resume":
             center = pub.job["center"]
             chunk_plan = ChunkPlan.from_dict(pub.job["plan"])
+            shape = (shape[0], chunk_plan.n_cols, chunk_plan.n_cols)
         else:
             center = find_center(spec, params, rows)
+            width = output_width(angles_rad(spec), center["value"], spec.n_cols)
+            shape = (shape[0], width, width)  # a stitched 360-degree scan is wider
             timings["center_s"] = time.perf_counter() - t
             t = time.perf_counter()
             n_workers, budget = _budget(dask, memory_limit)
@@ -302,9 +388,9 @@ def reconstruct(spec: ScanSpec, params: ReconParams, out: str | os.PathLike, *, 
 
                 gpu_mem = gpu_memory_bytes()
             chunk_plan = plan(
-                shape[0], spec.n_angles, spec.n_cols,
+                shape[0], spec.n_angles, width,
                 raw_itemsize=np.dtype(spec.dtype).itemsize,
-                bytes_per_row=int(backend.bytes_per_row(spec.n_angles, spec.n_cols)),
+                bytes_per_row=int(backend.bytes_per_row(spec.n_angles, width)),
                 memory_budget=budget, n_workers=n_workers, levels=levels,
                 n_flats_darks=_n_frames(spec.flats) + _n_frames(spec.darks),
                 gpu_memory=gpu_mem, max_slab_rows=max_slab_rows,
@@ -325,7 +411,8 @@ def reconstruct(spec: ScanSpec, params: ReconParams, out: str | os.PathLike, *, 
         bare = dataclasses.replace(spec, extra={})
         jobs = [SlabJob(spec=bare, rows=(rows[0] + a, rows[0] + b), z0=a, params=params,
                         center=float(center["value"]), backend=backend_name, pixel_size_um=px,
-                        partial=str(pub.partial), n_levels=chunk_plan.n_levels) for a, b in todo]
+                        partial=str(pub.partial.absolute()), n_levels=chunk_plan.n_levels)
+                for a, b in todo]
         if progress:
             progress(len(slabs) - len(todo), len(slabs))
         t = time.perf_counter()
@@ -336,8 +423,10 @@ def reconstruct(spec: ScanSpec, params: ReconParams, out: str | os.PathLike, *, 
     if missing:  # never publish a volume with a hole
         raise TomopipeError(f"{out}: slabs {missing} have no done-marker after the run; "
                             f"re-run the same command to resume")
-    for name in ("read_s", "recon_s", "write_s"):
+    for name in ("read_s", "recon_s", "pyramid_s", "write_s"):
         timings[f"sum_{name}"] = float(sum(r.get(name, 0.0) for r in results))
+    # which processes computed the slabs (this one, or the cluster's workers)
+    timings["slab_pids"] = sorted({r["pid"] for r in results if "pid" in r})
     timings["n_slabs_computed"] = len(jobs)
     timings["resumed"] = pub.state == "resume"
     seconds = time.perf_counter() - t_start
@@ -366,6 +455,8 @@ def _n_frames(sets) -> int:
 
 def _provenance(spec, params, key, rows, center, backend_name, backend_device, px, chunk_plan,
                 shape, extra) -> dict:
+    from tomopipe.tasks.recon.slab_inputs import science_provenance
+
     return {
         "key": key,
         "source": {"label": spec.label, "identity": spec.identity,
@@ -375,6 +466,7 @@ def _provenance(spec, params, key, rows, center, backend_name, backend_device, p
         "rows": list(rows),
         "shape": list(shape),
         "center": center,
+        "preprocess": science_provenance(spec, params, center["value"]),
         "backend": {"name": backend_name, "device": backend_device},
         "pixel_size_um": px,
         "units": "1/cm" if px else "1/pixel",
@@ -394,9 +486,10 @@ def center_search(spec: ScanSpec, params: ReconParams, out_dir: str | os.PathLik
     """
     import tifffile
     from tomopipe.tasks.recon.backends import get_backend
-    from tomopipe.tasks.recon.slab import preprocess_slab
-    from tomopipe.tasks.sources.hdf5io import read_slab
+    from tomopipe.tasks.recon.slab import preprocess_slab, reconstruct_sinograms, require_pixel_size
+    from tomopipe.tasks.recon.slab_inputs import load_slab, prepare_spec
 
+    spec = prepare_spec(spec, params)
     candidates = [float(c) for c in candidates]
     if not candidates:
         raise InputError("--center-search", "no candidate centres in the range")
@@ -406,16 +499,18 @@ def center_search(spec: ScanSpec, params: ReconParams, out_dir: str | os.PathLik
                          f"0:{spec.n_cols}", where="center")
     r0, r1 = resolve_rows(spec, params)
     row = (r0 + r1) // 2 if row is None else int(row)
-    sinos = preprocess_slab(*read_slab(spec, (row, row + 1)), params)
-    backend = get_backend(params.backend, params.algorithm)
     px = pixel_size(spec, params)
+    require_pixel_size(params, px, spec.label)
+    inputs = load_slab(spec, (row, row + 1), params)
+    sinos = preprocess_slab(*inputs.frames, params, **inputs.options)
+    backend = get_backend(params.backend, params.algorithm)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for c in candidates:
-        img = backend.reconstruct(sinos, angles_rad(spec), c, algorithm=params.algorithm,
-                                  filter_name=params.filter_name,
-                                  iterations=params.sirt_iterations)[0].astype(np.float32)
+        # a 360-degree scan with the axis off-centre is stitched about each candidate
+        img = reconstruct_sinograms(sinos, angles_rad(spec), c, params,
+                                    backend)[0].astype(np.float32)
         if px:
             img /= np.float32(px / 1e4)
         path = out_dir / f"center_{c:.2f}.tif"

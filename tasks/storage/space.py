@@ -20,8 +20,8 @@ from tomopipe.tasks.storage.pyramid import level_shape
 from tomopipe.errors import InputError
 
 FLOAT32 = 4
-# Kept free beyond the volume: the zarr.json files, shard indexes, markers, the file system's own.
-MARGIN_BYTES = 1 << 20
+# Beyond the arrays: the zarr.json files, shard indexes and done-markers (a few KiB each).
+MARGIN_BYTES = 64 << 10
 
 
 def fmt_bytes(n: float) -> str:
@@ -54,9 +54,10 @@ def free_bytes(path: str | Path) -> int:
     return shutil.disk_usage(p).free
 
 
-def check_fits(out: str | Path, needed: int) -> None:
-    """Refuse, before anything is written, a volume that does not fit on its file system."""
-    free = free_bytes(out)
+def check_fits(out: str | Path, needed: int, where: str | Path | None = None) -> None:
+    """Refuse, before anything is written, a volume ``out`` that does not fit on the file
+    system it is written to (``where``, e.g. its ``.partial`` folder; default ``out``)."""
+    free = free_bytes(where or out)
     if needed > free:
         raise InputError(str(out), f"not enough disk space: the volume needs about "
                          f"{fmt_bytes(needed)} (all pyramid levels, compressed estimate) but "

@@ -14,6 +14,9 @@ examples:
   tomopipe recon scan.h5 --out scan.zarr --center 1023.5 --rows 800:1200 --rings fw --workers 4
   tomopipe recon scan.h5 --out centres/ --center-search 1010:1030:0.5   # one TIFF per centre
   tomopipe recon scan.h5 --out scan.zarr --scheduler tcp://10.0.0.5:8786 --memory-limit 16GB --json
+  tomopipe recon scan.h5 --out scan.zarr --phase paganin --energy 25 --distance 150 --delta-beta 300
+  tomopipe recon scan.h5 --out scan.zarr --flats pre.h5:/flats --flats post.h5:/flats  # drift
+  tomopipe recon scan.h5 --out scan.zarr --algorithm cgls --iterations 30
 
 The output is published atomically: an interrupted run leaves OUT.partial, and the same command
 resumes it; the same command after success does nothing (same key).
@@ -74,7 +77,7 @@ def _workers(text: str) -> int:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from tomopipe.tasks.recon.params import ALGORITHMS, FILTERS, RING_METHODS
+    from tomopipe.tasks.recon.params import ALGORITHMS, FILTERS, PHASE_METHODS, RING_METHODS
 
     p = subparsers.add_parser(
         "recon",
@@ -96,7 +99,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="auto | fourier | astra | tomopy | gpu-fourier (default auto)")
     p.add_argument("--filter", dest="filter_name", choices=FILTERS, default="shepp",
                    help="FBP filter (default shepp)")
-    p.add_argument("--iterations", type=_positive(int), default=100, help="SIRT iterations")
+    p.add_argument("--iterations", type=_positive(int), default=100,
+                   help="iterations of SIRT or CGLS (default 100)")
     p.add_argument("--rows", type=_rows, metavar="START:STOP",
                    help="detector rows to reconstruct (default all)")
     p.add_argument("--rings", choices=RING_METHODS, default="none", metavar="METHOD|none",
@@ -106,12 +110,31 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--flat-method", choices=("mean", "median"), default="mean")
     p.add_argument("--pixel-size", type=_positive(float), metavar="UM",
                    help="pixel size in micrometres (overrides the file's); output in 1/cm")
+    p.add_argument("--phase", choices=PHASE_METHODS, default="none",
+                   help="phase retrieval: paganin (single distance) needs --energy, --distance, "
+                        "--delta-beta and the pixel size (default none)")
+    p.add_argument("--energy", dest="energy_kev", type=_positive(float), metavar="KEV",
+                   help="photon energy in keV (--phase paganin)")
+    p.add_argument("--distance", dest="distance_mm", type=_positive(float), metavar="MM",
+                   help="sample-to-detector distance in mm (--phase paganin)")
+    p.add_argument("--delta-beta", dest="delta_beta", type=_positive(float), metavar="RATIO",
+                   help="delta/beta of the sample's material (--phase paganin)")
+    p.add_argument("--flats", action="append", metavar="FILE[:DATASET]",
+                   help="flat fields from another file (DATASET default /exchange/data_white, "
+                        "or the file's only 3-D dataset); give twice for flats taken before "
+                        "and after the projections: each projection then gets the flat "
+                        "interpolated at its index")
+    p.add_argument("--darks", action="append", metavar="FILE[:DATASET]",
+                   help="dark fields from another file (DATASET default /exchange/data_dark)")
     p.add_argument("--data-path", metavar="P", help="HDF5 dataset of the frames")
     p.add_argument("--image-key-path", metavar="P", help="HDF5 dataset of the image keys")
     p.add_argument("--angles-path", metavar="P", help="HDF5 dataset of the angles (degrees)")
     p.add_argument("--workers", type=_workers, metavar="N",
-                   help="local Dask workers (default: one per core or GPU; 0: in this process)")
-    p.add_argument("--scheduler", metavar="ADDRESS", help="use a running Dask scheduler")
+                   help="start a local Dask cluster of N workers (0: one slab at a time in "
+                        "this process); default: the standing cluster of `tomopipe up` when "
+                        "it runs, else one slab thread per core in this process")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="use a running Dask scheduler (default: the standing one, when up)")
     p.add_argument("--memory-limit", metavar="SIZE",
                    help="memory per worker, e.g. 4GB (default: the cluster's limit)")
     p.add_argument("--slab-rows", type=_positive(int), metavar="N",
@@ -133,14 +156,49 @@ def _params(args):
     return ReconParams(
         algorithm=args.algorithm, backend=args.backend, filter_name=args.filter_name,
         center=args.center, rows=args.rows, rings=args.rings, zingers=args.zingers,
-        flat_method=args.flat_method, sirt_iterations=args.iterations,
-        pixel_size_um=args.pixel_size,
+        flat_method=args.flat_method, iterations=args.iterations,
+        pixel_size_um=args.pixel_size, phase=args.phase, energy_kev=args.energy_kev,
+        distance_mm=args.distance_mm, delta_beta=args.delta_beta,
+        flats=tuple(args.flats) if args.flats else None,
+        darks=tuple(args.darks) if args.darks else None,
     )
 
 
 def _candidates(start: float, stop: float, step: float) -> list[float]:
     n = int(round((stop - start) / step + 1e-9))
     return [round(start + i * step, 6) for i in range(n + 1)]
+
+
+def _standing_scheduler() -> tuple[str, str] | None:
+    """(home, scheduler address) of the home's standing Dask cluster when it answers."""
+    from tomopipe.config import home
+    from tomopipe.infra.processes import tcp_listening
+    from tomopipe.infra.state import read_services
+
+    address = (read_services(home()) or {}).get("dask_scheduler")
+    if address and tcp_listening(address):
+        return str(home()), address
+    return None
+
+
+def _compute(args) -> tuple[str | None, int | None]:
+    """(scheduler, threads) for the engine: --scheduler or --workers as given; else the home's
+    standing cluster while its services are up; else, for the default local kind on a machine
+    without GPUs, one slab thread per core in this process (no cluster to start); else the
+    cluster config.yaml describes (GPU workers, an address, SLURM), started for this run."""
+    if args.scheduler or args.workers is not None:
+        return args.scheduler, None
+    standing = _standing_scheduler()
+    if standing:
+        print(f"using the standing Dask cluster of {standing[0]} at {standing[1]}",
+              file=sys.stderr)
+        return standing[1], None
+    from tomopipe.infra.cluster import configured_cluster, default_workers, gpu_count
+
+    cfg = configured_cluster()
+    if cfg.kind == "local" and (cfg.gpus == 0 or (cfg.gpus is None and gpu_count() == 0)):
+        return None, cfg.workers or default_workers()
+    return None, None
 
 
 def run(args) -> int:
@@ -184,9 +242,11 @@ def run(args) -> int:
             bar.n = done
             bar.refresh()
 
+    scheduler, threads = _compute(args)
     try:
-        result = engine.reconstruct(spec, params, args.out, scheduler=args.scheduler,
-                                    workers=args.workers, memory_limit=args.memory_limit,
+        result = engine.reconstruct(spec, params, args.out, scheduler=scheduler,
+                                    workers=args.workers, threads=threads,
+                                    memory_limit=args.memory_limit,
                                     progress=progress, overwrite=args.overwrite,
                                     levels=args.levels, max_slab_rows=args.slab_rows)
     except PlanError as exc:  # name the scan whose declared shape does not fit
