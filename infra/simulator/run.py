@@ -80,16 +80,17 @@ def simulate(settings: Settings, *, size: int, rows: int, angles: int, fps: floa
              sample: str, publish_to: str | None = None, serializer: str = "msgpack",
              callbacks: Iterable[Callable[[str, dict], None]] = (), n_flats: int = 10,
              n_darks: int = 5, abort_after: int | None = None, seed: int | None = None,
-             on_frame: Callable | None = None, arc_deg: float = 180.0) -> str:
+             on_frame: Callable | None = None, arc_deg: float = 180.0,
+             angle_order: str = "sequential") -> str:
     """Run one simulated tomography scan and return its run uid.
 
     ``size``: detector columns (and phantom width); ``rows``: detector rows; ``angles``:
     projections evenly spaced over ``arc_deg`` (endpoint excluded); ``fps``: frames per second
     (None or 0: as fast as possible). ``abort_after``: abort the run after that many projections
     (its stop document has exit_status "abort"). ``on_frame(kind, index, frame)``: observes
-    every frame written (tests).
+    every frame written (tests). ``angle_order``: sequential, interlaced or golden
+    (``tasks.sources.angle_plan``); the start document declares it as ``tomo.angle_plan``.
     """
-    import numpy as np
     from bluesky import RunEngine
     from bluesky.utils import RunEngineInterrupted
     from tomopipe.infra.simulator.devices import SimAxis, SimCamera, SimShutter
@@ -115,7 +116,12 @@ def simulate(settings: Settings, *, size: int, rows: int, angles: int, fps: floa
     camera = SimCamera("cam", rows=rows, cols=size, render=render, shutter=shutter,
                        rotation=rotation, sample_axis=sample_axis, fps=fps, seed=seed,
                        on_frame=on_frame)
-    angle_list = np.linspace(0.0, arc_deg, angles, endpoint=False).tolist()
+    from tomopipe.tasks.sources.angle_plan import ORDERS, angle_plan_metadata, angle_sequence
+
+    if angle_order not in ORDERS:
+        raise InputError("--angle-order", f"unknown order {angle_order!r}; choose one of "
+                         f"{', '.join(ORDERS)}")
+    angle_list = angle_sequence(angles, angle_order, arc_deg=arc_deg).tolist()
     data_dir = Path(settings.data_roots[0]) / settings.beamline / date.today().isoformat()
 
     md = {
@@ -130,6 +136,7 @@ def simulate(settings: Settings, *, size: int, rows: int, angles: int, fps: floa
             "image_key": camera.image_key,
             "streams": {"projections": "primary", "flats": "flat", "darks": "dark"},
             "n_angles": angles, "n_flats": n_flats, "n_darks": n_darks,
+            "angle_plan": angle_plan_metadata(angles, angle_order, arc_deg=arc_deg),
             "center": sim_info["center"],
         },
         "simulated": {**sim_info, "size": size, "rows": rows, "fps": fps or 0.0},

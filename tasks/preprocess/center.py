@@ -45,7 +45,9 @@ class CenterEstimate:
 
 
 def _half_turn(sino: np.ndarray, angles: np.ndarray) -> np.ndarray | None:
-    """The frames of the first 180 degrees from the smallest angle, sorted; None if < 180."""
+    """The frames of the first 180 degrees from the smallest angle, sorted by angle (any
+    acquisition order: interlaced, golden-ratio); None if < 180. Unevenly spaced angles (a
+    golden-ratio scan) are resampled onto an even grid, which Vo's spectrum needs."""
     order = np.argsort(angles, kind="stable")
     ang = angles[order] - angles[order[0]]
     steps = np.diff(ang)
@@ -53,7 +55,27 @@ def _half_turn(sino: np.ndarray, angles: np.ndarray) -> np.ndarray | None:
     if step <= 0 or ang[-1] < math.pi - 1.5 * step:
         return None
     keep = ang < math.pi - 0.5 * step  # a frame at exactly 180 degrees would repeat frame 0
-    return sino[order[keep]]
+    half, ang = sino[order[keep]], ang[keep]
+    gaps = np.diff(ang)
+    if gaps.size and (gaps.max() > 1.05 * step or gaps.min() < 0.95 * step):
+        half = _even_angles(half, ang)
+    return half
+
+
+def _even_angles(half: np.ndarray, ang: np.ndarray) -> np.ndarray:
+    """Rows of ``half`` (sorted angles ``ang`` from 0) linearly interpolated onto as many
+    evenly spaced angles over [0, 180) degrees; repeated angles are averaged first."""
+    uniq, inverse = np.unique(ang, return_inverse=True)
+    if uniq.size < ang.size:
+        sums = np.zeros((uniq.size, half.shape[1]))
+        np.add.at(sums, inverse, half)
+        half = sums / np.bincount(inverse)[:, None]
+    grid = np.arange(ang.size) * (math.pi / ang.size)
+    j = np.clip(np.searchsorted(uniq, grid, side="right") - 1, 0, uniq.size - 1)
+    k = np.minimum(j + 1, uniq.size - 1)
+    span = np.where(k > j, uniq[k] - uniq[j], 1.0)
+    t = np.clip((grid - uniq[j]) / span, 0.0, 1.0)[:, None]
+    return (1 - t) * half[j] + t * half[k]
 
 
 def _bin_columns(sino: np.ndarray, factor: int) -> np.ndarray:

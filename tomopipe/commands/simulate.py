@@ -28,6 +28,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--darks", type=int, default=5, help="dark fields (default 5)")
     p.add_argument("--fps", type=float, default=0.0,
                    help="frames per second, so the scan takes real time (default 0: flat out)")
+    p.add_argument("--angle-order", choices=("sequential", "interlaced", "golden"),
+                   default="sequential",
+                   help="order of the rotation angles: sequential sweep, interlaced (4 passes) "
+                        "or golden-ratio (default sequential)")
     p.add_argument("--sample", default="phantom", help="sample name (default phantom)")
     p.add_argument("--zmq", metavar="ADDRESS",
                    help="0MQ proxy input address, e.g. localhost:5577 "
@@ -50,15 +54,15 @@ def bus_address(args: argparse.Namespace, settings) -> tuple[str | None, str]:
         return None, serializer or "msgpack"
     if args.zmq:
         return args.zmq, serializer or "msgpack"
-    from tomopipe.infra.state import read_services
+    from tomopipe.context import run_context
 
-    services = read_services(settings.home) or {}
-    address = services.get("zmq_in")
+    ctx = run_context(settings.home)
+    address = ctx.services.zmq_in if ctx.running else None
     if not address:
         raise ServiceError(
-            f"no document bus: `tomopipe up` is not running for {settings.home} (no zmq_in in "
-            f"its services.json); pass --zmq ADDRESS or --no-publish")
-    return address, serializer or services.get("zmq_serializer") or "msgpack"
+            f"no document bus: `tomopipe up` is not running for {settings.home} (no zmq_in "
+            f"address); pass --zmq ADDRESS or --no-publish")
+    return address, serializer or settings.bus.serializer
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,6 +81,6 @@ def run(args: argparse.Namespace) -> int:
                        fps=args.fps or None, sample=args.sample, publish_to=address,
                        serializer=serializer, callbacks=(progress_printer(sys.stderr),),
                        n_flats=args.flats, n_darks=args.darks, abort_after=args.abort_after,
-                       seed=args.seed)
+                       seed=args.seed, angle_order=args.angle_order)
     print(uid, flush=True)
     return 0
