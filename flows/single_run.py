@@ -6,6 +6,7 @@ from pathlib import Path
 
 from prefect import flow
 from tomopipe.flows.pipeline import fail, reconstruct_scan, record_unexpected
+from tomopipe.tasks.recon_tasks import recon_params
 from tomopipe.tasks.run_tasks import resolve_file, resolve_run
 
 from tomopipe.context import run_context
@@ -27,7 +28,9 @@ def single_run(uid: str | None = None, path: str | None = None, data_path: str |
             spec = resolve_run(uid, ctx)
             plan_name = spec.extra.get("plan_name")
         else:
-            spec = resolve_file(source, data_path=data_path)
+            # flats may come from other files (the flats parameter, or config.yaml's)
+            flats_elsewhere = bool(recon_params(ctx.settings, params).flats)
+            spec = resolve_file(source, data_path=data_path, require_flats=not flats_elsewhere)
         return reconstruct_scan(spec, ctx, source=source, plan_name=plan_name, params=params,
                                 workers=workers, scheduler=scheduler, force=force)
     except TomopipeError as exc:

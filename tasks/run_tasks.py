@@ -137,10 +137,12 @@ def resolve_run(uid: str, ctx: RunContext) -> ScanSpec:
 
 
 @task(name="resolve-file", **RETRY)
-def resolve_file(path: str, *, data_path: str | None = None) -> ScanSpec:
+def resolve_file(path: str, *, data_path: str | None = None,
+                 require_flats: bool = True) -> ScanSpec:
+    """The file's ScanSpec; ``require_flats=False`` when the parameters name flat-field files."""
     from tomopipe.tasks.sources import open_scan
 
-    return open_scan(path, data_path=data_path)
+    return open_scan(path, data_path=data_path, require_flats=require_flats)
 
 
 @task(name="stage", **RETRY)

@@ -173,3 +173,22 @@ def test_nexus_flats_before_and_after_are_interpolated(tmp_path):
     assert schedule is not None and schedule.n_before == 3
     proj_idx = spec.projections[0].indices
     assert schedule.before < proj_idx[0] and schedule.after > proj_idx[-1]
+
+
+def test_scan_without_flats_takes_them_from_another_file(split_files, tmp_path):
+    """DLS i12 style: the projections' file holds no flats at all."""
+    proj, before, _, darks, _ = drifting_scan()
+    bare = write_dxchange(tmp_path / "bare.h5", proj.astype(np.uint16), None,
+                          darks.astype(np.uint16),
+                          np.degrees(np.linspace(0, np.pi, ANGLES, endpoint=False)))
+    refused = tomopipe_cli("recon", str(bare), "--out", str(tmp_path / "no.zarr"), "--workers",
+                           "0")
+    assert refused.returncode == 1 and "flat" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    out = tmp_path / "v.zarr"
+    proc = tomopipe_cli("recon", str(bare), "--out", str(out), "--flats",
+                        f"{split_files}/pre.h5:/flats", "--center", "32", "--workers", "0",
+                        "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    prov = zarr.open_group(str(out), mode="r").attrs["tomopipe"]
+    assert prov["preprocess"]["field_files"]["flats"] == [f"{split_files / 'pre.h5'}:/flats"]

@@ -64,7 +64,7 @@ def pixel_size_um(f: h5py.File) -> float | None:
 
 def scan_from_dxchange(f: h5py.File, *, label: str, data_path: str | None = None,
                        angles_path: str | None = None,
-                       pixel_size: float | None = None) -> ScanSpec:
+                       pixel_size: float | None = None, require_flats: bool = True) -> ScanSpec:
     """A ScanSpec for a Data Exchange file; ``data_path``/``angles_path`` override the defaults."""
     data = data_path or DATA
     theta = angles_path or THETA
@@ -74,15 +74,17 @@ def scan_from_dxchange(f: h5py.File, *, label: str, data_path: str | None = None
     angles, units = read_angles_deg(f, theta, source=label, default_units="degree")
     # Darks are optional: build_spec treats a missing dark set as zeros and records it.
     darks = [(DARKS, None)] if has(f, DARKS) else []
-    if not has(f, FLATS):
+    if not has(f, FLATS) and require_flats:
         raise InputError(label, "missing flat-field dataset (no flats: cannot normalise)",
                          where=FLATS)
-    get_dataset(f, FLATS, source=label, what="flat-field dataset")
+    if has(f, FLATS):
+        get_dataset(f, FLATS, source=label, what="flat-field dataset")
     return build_spec(
         f,
         label=label,
         projections=(data, None),
-        flats=[(FLATS, None)],
+        flats=[(FLATS, None)] if has(f, FLATS) else [],
+        require_flats=require_flats,
         darks=darks,
         angles_deg=angles,
         angles_where=theta,

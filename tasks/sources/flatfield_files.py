@@ -80,6 +80,9 @@ def with_field_files(spec: ScanSpec, flats: Sequence[str] | None = None,
     from.
     """
     if not flats and not darks:
+        if not spec.flats:
+            raise InputError(spec.label, "no flat-field frames in the scan and none named: give "
+                             "--flats FILE[:DATASET] (the flats parameter)")
         return spec
     shape = (spec.n_rows, spec.n_cols)
     changes: dict = {}

@@ -337,11 +337,12 @@ def build_spec(f: h5py.File, *, label: str, projections: tuple[str, Sequence[int
                flats: list[tuple[str, Sequence[int] | None]],
                darks: list[tuple[str, Sequence[int] | None]], angles_deg: np.ndarray,
                angles_where: str, pixel_size_um: float | None = None,
-               extra: dict | None = None) -> ScanSpec:
+               extra: dict | None = None, require_flats: bool = True) -> ScanSpec:
     """Check the datasets a format reader found and describe them as a ScanSpec.
 
     ``projections``, ``flats`` and ``darks`` are (dataset name, frame indices or None for all).
-    Darks may be empty: they are then treated as zeros, and ``extra["darks"]`` says so.
+    Darks may be empty: they are then treated as zeros, and ``extra["darks"]`` says so. Flats
+    may be empty only with ``require_flats=False`` (they come from other files).
     """
     source = label
     extra = dict(extra or {})
@@ -371,14 +372,16 @@ def build_spec(f: h5py.File, *, label: str, projections: tuple[str, Sequence[int
         return tuple(out)
 
     flat_sets = sets(flats, "flat field")
-    if not flat_sets:
+    if not flat_sets and require_flats:
         where = ", ".join(name for name, _ in flats) or proj_name
         raise InputError(source, "no flat-field frames (cannot normalise)", where=where)
     dark_sets = sets(darks, "dark field")
     if not dark_sets:
         extra["darks"] = "missing: treated as zeros"
-    check_beam(f, [(fs_name, idx) for fs_name, idx in flats if _n(f, fs_name, idx)],
-               [(d_name, idx) for d_name, idx in darks if _n(f, d_name, idx)], source=source)
+    if flat_sets:  # (without flats here, they come from other files: flatfield_files)
+        check_beam(f, [(fs_name, idx) for fs_name, idx in flats if _n(f, fs_name, idx)],
+                   [(d_name, idx) for d_name, idx in darks if _n(f, d_name, idx)],
+                   source=source)
     return ScanSpec(
         label=label,
         projections=(frame_set(f, proj_name, proj_idx, source=source),),

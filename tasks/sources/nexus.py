@@ -91,8 +91,8 @@ def _absolute(entry: h5py.Group, rel: str) -> str:
 
 def scan_from_nexus(f: h5py.File, entry: h5py.Group, *, label: str,
                     data_path: str | None = None, image_key_path: str | None = None,
-                    angles_path: str | None = None,
-                    pixel_size: float | None = None) -> ScanSpec:
+                    angles_path: str | None = None, pixel_size: float | None = None,
+                    require_flats: bool = True) -> ScanSpec:
     """A ScanSpec for an NXtomo entry; explicit paths override what is found in it."""
     dets = _detector_paths(entry)
     data = data_path or _found(entry, [f"{d}/data" for d in dets] + ["data/data"], label,
@@ -104,7 +104,8 @@ def scan_from_nexus(f: h5py.File, entry: h5py.Group, *, label: str,
     return scan_from_paths(f, label=label, data_path=data, image_key_path=keys,
                            angles_path=angles, pixel_size=pixel_size
                            if pixel_size is not None else _pixel_size_um(entry),
-                           extra={"format": "nxtomo", "entry": entry.name})
+                           extra={"format": "nxtomo", "entry": entry.name},
+                           require_flats=require_flats)
 
 
 def _found(entry: h5py.Group, candidates: list[str], label: str, what: str) -> str:
@@ -117,7 +118,8 @@ def _found(entry: h5py.Group, candidates: list[str], label: str, what: str) -> s
 
 def scan_from_paths(f: h5py.File, *, label: str, data_path: str,
                     image_key_path: str | None = None, angles_path: str | None = None,
-                    pixel_size: float | None = None, extra: dict | None = None) -> ScanSpec:
+                    pixel_size: float | None = None, extra: dict | None = None,
+                    require_flats: bool = True) -> ScanSpec:
     """A ScanSpec from explicit dataset paths.
 
     With an image key, the frame stack holds projections, flats and darks; without one, every
@@ -137,7 +139,7 @@ def scan_from_paths(f: h5py.File, *, label: str, data_path: str,
         darks = [(DARKS, None)] if has(f, DARKS) else []
         return build_spec(f, label=label, projections=(data_path, None), flats=flats, darks=darks,
                           angles_deg=all_angles, angles_where=angles_path,
-                          pixel_size_um=pixel_size, extra=extra)
+                          pixel_size_um=pixel_size, extra=extra, require_flats=require_flats)
 
     frames = frames_dataset(f, data_path, source=label, what="frame data")
     key_ds = get_dataset(f, image_key_path, source=label, what="image_key dataset")
@@ -173,14 +175,15 @@ def scan_from_paths(f: h5py.File, *, label: str, data_path: str,
         "darks_after": int(np.sum(dark_idx > last_proj)),
         "invalid_frames": int(np.sum(image_key == INVALID)),
     })
-    if len(flat_idx) == 0:
+    if len(flat_idx) == 0 and require_flats:
         raise InputError(label, "no flat-field frames (no image_key == 1): cannot normalise",
                          where=image_key_path)
     return build_spec(
         f,
         label=label,
         projections=(data_path, proj_idx),
-        flats=[(data_path, flat_idx)],
+        flats=[(data_path, flat_idx)] if len(flat_idx) else [],
+        require_flats=require_flats,
         darks=[(data_path, dark_idx)] if len(dark_idx) else [],
         angles_deg=angles,
         angles_where=angles_path,
