@@ -215,7 +215,7 @@ def run(args) -> int:
                           "own workers)")
     spec = open_scan(args.source, data_path=args.data_path, image_key_path=args.image_key_path,
                      angles_path=args.angles_path, pixel_size_um=args.pixel_size,
-                     checksum=args.center_search is None)
+                     checksum=args.center_search is None, require_flats=not args.flats)
     check_output_path(args.out, inputs=[args.source, *(fs.path for fs in spec.projections
                                                         + spec.flats + spec.darks)])
     params = _params(args)
