@@ -11,6 +11,9 @@ does, before the worker and the bridge start).
 Environment (required: PREFECT_API_URL and TOMOPIPE_TILED_URL):
 
 - PREFECT_API_URL            http://prefect-server:4200/api
+- PREFECT_API_AUTH_STRING    "user:password" when the server sets PREFECT_SERVER_API_AUTH_STRING
+                             (the production compose file requires it); Prefect's own client
+                             reads it, and it is never written to services.json or printed
 - TOMOPIPE_PREFECT_UI        the UI address people open (default: the API's host, no /api)
 - TOMOPIPE_WORK_POOL         the work pool of the deployments (default: tomopipe)
 - TOMOPIPE_TILED_URL         http://tiled:8000
@@ -98,6 +101,56 @@ def wait_for_prefect(api: str, timeout_s: float) -> None:
     raise ServiceError(f"Prefect API {api}: not healthy after {timeout_s:.0f} s ({last})")
 
 
+def check_prefect_auth(api: str, auth_string: str | None) -> None:
+    """Refuse to go on when the API does not accept our credentials (it answers 401).
+
+    The health endpoint answers without credentials, so it cannot tell; an authenticated read
+    of the server's version can. The message names the variable, never its value.
+    """
+    import base64
+
+    import httpx
+
+    headers = {}
+    if auth_string:
+        token = base64.b64encode(auth_string.encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+    try:
+        resp = httpx.get(f"{api}/admin/version", headers=headers, timeout=10.0)
+    except httpx.HTTPError as exc:
+        raise ServiceError(f"Prefect API {api}: {type(exc).__name__}") from None
+    if resp.status_code == 401:
+        what = "was refused" if auth_string else "is not set, and the API requires basic auth"
+        raise ConfigError(f"PREFECT_API_AUTH_STRING: {what} (HTTP 401 from {api})")
+    if not resp.is_success:
+        raise ServiceError(f"Prefect API {api}: HTTP {resp.status_code} on /admin/version")
+
+
+def ensure_work_pool(api: str, name: str) -> bool:
+    """Create the ``process`` work pool ``name`` when the server has none by that name; True
+    when created. The worker's service starts only after the bootstrap (compose's depends_on),
+    so the pool the deployments name must exist before they are registered."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+
+    from tomopipe.context import prefect_api_scope
+
+    async def ensure() -> bool:
+        async with get_client() as client:
+            try:
+                await client.read_work_pool(name)
+                return False
+            except ObjectNotFound:
+                await client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+                return True
+
+    with prefect_api_scope(api):
+        return asyncio.run(ensure())
+
+
 def main(argv: list[str] | None = None) -> int:
     import os
 
@@ -124,11 +177,17 @@ def main(argv: list[str] | None = None) -> int:
             from tomopipe.deployments.register import register_all
 
             wait_for_prefect(state["prefect_api"], args.wait_s)
+            check_prefect_auth(state["prefect_api"], os.environ.get("PREFECT_API_AUTH_STRING"))
+            if ensure_work_pool(state["prefect_api"], state["work_pool"]):
+                print(f"created the process work pool {state['work_pool']!r}")
             registered = register_all(settings, state)
             print(f"registered {len(registered)} deployment(s): {', '.join(sorted(registered))}")
     except TomopipeError as exc:
         print(f"bootstrap: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # e.g. Prefect refusing a deployment: one line, no traceback
+        print(f"bootstrap: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
+        return 1
     return 0
 
 
