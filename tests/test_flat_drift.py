@@ -192,3 +192,23 @@ def test_scan_without_flats_takes_them_from_another_file(split_files, tmp_path):
     assert proc.returncode == 0, proc.stderr
     prov = zarr.open_group(str(out), mode="r").attrs["tomopipe"]
     assert prov["preprocess"]["field_files"]["flats"] == [f"{split_files / 'pre.h5'}:/flats"]
+
+
+def test_every_sources_fields_are_checked_against_the_projections(split_files):
+    """A run's flat stream (or any source's) pointing at frames of another shape is refused
+    before anything runs, naming the file, the dataset and both shapes."""
+    import dataclasses
+
+    from tomopipe.tasks.recon.slab_inputs import prepare_spec
+    from tomopipe.tasks.sources.spec import FrameSet
+
+    spec = open_scan(split_files / "scan.h5", checksum=False)
+    bad = dataclasses.replace(spec, flats=(FrameSet(str(split_files / "narrow.h5"), "/flats"),))
+    with pytest.raises(InputError) as err:
+        prepare_spec(bad, ReconParams())
+    text = str(err.value)
+    assert "narrow.h5" in text and "/flats" in text and "4x62" in text and "4x64" in text
+    beyond = dataclasses.replace(spec, darks=(FrameSet(str(split_files / "dark.h5"),
+                                                       "/exchange/data_dark", (0, 5)),))
+    with pytest.raises(InputError, match="dark frame 5 is named but the dataset has 2"):
+        prepare_spec(beyond, ReconParams())

@@ -14,7 +14,11 @@ import numpy as np
 from tomopipe.tasks.preprocess.stitch360 import is_offset_axis, stitched_width
 from tomopipe.tasks.recon.params import ReconParams
 from tomopipe.tasks.recon.slab import phase_margin, read_window
-from tomopipe.tasks.sources.flatfield_files import flat_schedule, with_field_files
+from tomopipe.tasks.sources.flatfield_files import (
+    check_field_shapes,
+    flat_schedule,
+    with_field_files,
+)
 from tomopipe.tasks.sources.hdf5io import read_slab
 from tomopipe.tasks.sources.spec import ScanSpec
 
@@ -35,8 +39,11 @@ class SlabInputs:
 
 
 def prepare_spec(spec: ScanSpec, params: ReconParams) -> ScanSpec:
-    """The scan with the flats and darks the parameters name in other files, checked."""
-    return with_field_files(spec, params.flats, params.darks)
+    """The scan with the flats and darks the parameters name in other files; every flat and
+    dark frame set checked against the projections' frame shape (a run's streams included)."""
+    spec = with_field_files(spec, params.flats, params.darks)
+    check_field_shapes(spec)
+    return spec
 
 
 def pixel_size_of(spec: ScanSpec, params: ReconParams) -> float | None:

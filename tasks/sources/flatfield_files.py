@@ -98,6 +98,24 @@ def with_field_files(spec: ScanSpec, flats: Sequence[str] | None = None,
     return dataclasses.replace(spec, extra=extra, **changes)
 
 
+def check_field_shapes(spec: ScanSpec) -> None:
+    """Every flat and dark frame set has the projections' frame shape and the frames it names
+    (any source: a file's own fields, a run's flat and dark streams, other files)."""
+    shape = (spec.n_rows, spec.n_cols)
+    for role, sets in (("flat", spec.flats), ("dark", spec.darks)):
+        for fs in sets:
+            with open_h5(fs.path) as f:
+                ds = frames_dataset(f, fs.dataset, source=fs.path, what=f"{role} field")
+                if tuple(ds.shape[1:]) != shape:
+                    raise InputError(fs.path, f"{role} frames are {ds.shape[1]}x{ds.shape[2]} "
+                                     f"but the projections are {shape[0]}x{shape[1]} (scan "
+                                     f"{spec.label})", where=fs.dataset)
+                if fs.indices and max(fs.indices) >= ds.shape[0]:
+                    raise InputError(fs.path, f"{role} frame {max(fs.indices)} is named but the "
+                                     f"dataset has {ds.shape[0]} frames (scan {spec.label})",
+                                     where=fs.dataset)
+
+
 def flat_schedule(spec: ScanSpec) -> FlatSchedule | None:
     """When the flats were taken before and after the projections: where, for the drift
     correction; None when they cannot be placed so (then they are averaged).
