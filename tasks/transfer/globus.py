@@ -137,15 +137,20 @@ class GlobusCredentials:
 def make_transfer_client(credentials: GlobusCredentials) -> globus_sdk.TransferClient:
     """A TransferClient authorised by client credentials; its own retries are off (ours back
     off and are counted in the report)."""
+    refused = None
     try:
         auth = globus_sdk.ConfidentialAppAuthClient(client_id=credentials.client_id,
                                                     client_secret=credentials.secret())
         authorizer = globus_sdk.ClientCredentialsAuthorizer(
             auth, scopes=globus_sdk.TransferClient.scopes.all)
     except globus_sdk.GlobusError as exc:
-        # from None: the chained request would carry the Basic auth header
-        raise ServiceError(f"Globus Auth refused client {credentials.client_id}: "
-                           f"{credentials.scrub(_describe(exc))}") from None
+        refused = (f"Globus Auth refused client {credentials.client_id}: "
+                   f"{credentials.scrub(_describe(exc))}")
+    if refused is not None:
+        # Raised outside the handler: not even __context__ (which `from None` only hides) may
+        # hold Globus's error, whose request carries the Basic auth header and whose text may
+        # echo the secret.
+        raise ServiceError(refused)
     return globus_sdk.TransferClient(
         authorizer=authorizer,
         retry_config=globus_sdk.transport.RetryConfig(max_retries=0))
