@@ -1,0 +1,173 @@
+"""The whole ``tomopipe recon`` command against astra's CPU FBP on the same cores.
+
+    .venv/bin/python benchmarks/bench_recon_command.py [--n 512] [--rows 128] [--angles 720]
+                     [--repeat 3] [--modes threads,workers] [--json PATH]
+
+One analytic phantom scan (Data Exchange, centre off the pixel grid) is reconstructed by:
+
+- ``tomopipe recon SCAN --out OUT`` as a new process on a home with no services: the wall time
+  from exec to exit, which includes Python's start, the imports, centre finding (``auto``), the
+  slabs, the pyramid and the writes. Mode ``threads`` is the default (slab threads in the
+  command's own process); mode ``workers`` passes ``--workers N`` (a Dask cluster of N worker
+  processes started for the run, the default before the standing cluster).
+- astra's CPU FBP (``linear`` projector, Ram-Lak as astra's FBP does it) on the same sinograms
+  (flat/dark-normalised, -log, outside the timing), with the true centre, split across one
+  process per core: the time is the slowest process's reconstruction alone (no start, no I/O,
+  no centre finding), which favours astra.
+
+Both volumes are compared with the analytic truth (Pearson correlation over the reconstructed
+slices). Each figure is the best of ``--repeat`` runs (median beside it); the machine may be
+shared, so the load average is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])
+
+
+def _astra_part(args):
+    sinos, angles, center = args
+    from tomopipe.tasks.recon.astra_backend import AstraBackend
+
+    backend = AstraBackend()
+    t = time.perf_counter()
+    rec = backend.reconstruct(sinos, angles, center, algorithm="fbp", filter_name="ramlak")
+    return time.perf_counter() - t, np.asarray(rec, dtype=np.float32)
+
+
+def astra_on_cores(sinos: np.ndarray, angles: np.ndarray, center: float,
+                   cores: int) -> tuple[float, np.ndarray]:
+    """(seconds of the slowest process, volume): slices split evenly over ``cores`` processes."""
+    parts = np.array_split(sinos, cores)
+    with mp.get_context("spawn").Pool(cores) as pool:
+        out = pool.map(_astra_part, [(p, angles, center) for p in parts])
+    return max(t for t, _ in out), np.concatenate([r for _, r in out])
+
+
+def run_command(scan: Path, out: Path, home: Path, extra: list[str]) -> tuple[float, dict]:
+    shutil.rmtree(out, ignore_errors=True)
+    env = {**os.environ, "TOMOPIPE_HOME": str(home)}
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "tomopipe.cli", "recon", str(scan), "--out",
+                           str(out), "--json", "--no-progress", *extra],
+                          capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise SystemExit(f"tomopipe recon failed ({proc.returncode}): {proc.stderr}")
+    return wall, json.loads(proc.stdout)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=512, help="detector columns (slice n x n)")
+    ap.add_argument("--rows", type=int, default=128)
+    ap.add_argument("--angles", type=int, default=720)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--modes", default="threads,workers",
+                    help="comma-separated: threads (the default command), workers (--workers N)")
+    ap.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--json", type=Path, help="write the figures here")
+    args = ap.parse_args(argv)
+
+    import zarr
+    from tomopipe.infra.datasets import make_phantom_scan, write_dxchange
+    from tomopipe.tasks.recon.params import ReconParams
+    from tomopipe.tasks.recon.slab import preprocess_slab
+    from tomopipe.tasks.sources import open_scan
+    from tomopipe.tasks.sources.hdf5io import read_slab
+
+    center = args.n / 2 + 4.3  # off the pixel grid and off the middle
+    with tempfile.TemporaryDirectory(prefix="bench_recon_command_") as tmp:
+        tmp = Path(tmp)
+        scan = tmp / "scan.h5"
+        d = make_phantom_scan(args.n, args.rows, args.angles, center=center)
+        write_dxchange(scan, d["projections"], d["flats"], d["darks"], d["angles_deg"])
+        truth = d["truth"]
+        del d
+
+        spec = open_scan(scan)
+        sinos = preprocess_slab(*read_slab(spec, (0, spec.n_rows)), ReconParams())
+        angles = np.deg2rad(np.asarray(spec.angles_deg))
+        modes = args.modes.split(",")
+        astra_times, astra_vol = [], None
+        walls: dict[str, list[float]] = {m: [] for m in modes}
+        last: dict[str, tuple[dict, Path]] = {}
+        # Interleaved, so astra and each mode see the same load on a shared machine.
+        for i in range(args.repeat):
+            t, astra_vol = astra_on_cores(sinos, angles, center, args.cores)
+            astra_times.append(t)
+            for mode in modes:
+                extra = ["--workers", str(args.cores)] if mode == "workers" else []
+                out = tmp / f"{mode}{i}.zarr"
+                wall, result = run_command(scan, out, tmp / "home", extra)
+                walls[mode].append(wall)
+                last[mode] = (result, out)
+        astra_s = min(astra_times)
+        astra_corr = correlation(astra_vol, truth)
+        del sinos, astra_vol
+
+        rows = []
+        for mode in modes:
+            result, out = last[mode]
+            vol = zarr.open_group(str(out), mode="r")["0"][:]
+            t = result["timings"]
+            best = min(walls[mode])
+            rows.append({
+                "mode": mode, "best_s": best, "median_s": statistics.median(walls[mode]),
+                "x_astra": astra_s / best,
+                "x_astra_median": statistics.median(astra_times) / statistics.median(walls[mode]),
+                "corr_truth": correlation(vol, truth),
+                "center": result["center"], "center_error_px": result["center"] - center,
+                "process_start_and_imports_s": walls[mode][-1] - t["total_s"],
+                **{k: t.get(k) for k in ("cluster_s", "center_s", "plan_s", "slabs_s",
+                                         "sum_read_s", "sum_recon_s", "sum_pyramid_s",
+                                         "sum_write_s")},
+            })
+
+    print(f"tomopipe recon on {args.rows} rows x {args.angles} angles x {args.n} wide, "
+          f"{args.cores} cores; best of {args.repeat} (median)")
+    print(f"{'':<34} {'wall s':>7} {'median':>7} {'x astra':>8} {'(median)':>8} "
+          f"{'corr truth':>10}")
+    print(f"{'astra CPU FBP (recon only)':<34} {astra_s:>7.2f} "
+          f"{statistics.median(astra_times):>7.2f} {1.0:>8.2f} {1.0:>8.2f} {astra_corr:>10.5f}")
+    for r in rows:
+        label = ("tomopipe recon (slab threads)" if r["mode"] == "threads"
+                 else f"tomopipe recon --workers {args.cores}")
+        print(f"{label:<34} {r['best_s']:>7.2f} {r['median_s']:>7.2f} {r['x_astra']:>8.2f} "
+              f"{r['x_astra_median']:>8.2f} {r['corr_truth']:>10.5f}")
+    print("\nwhere the command's time goes (last run; sums are over slabs, i.e. CPU-ish):")
+    keys = ("process_start_and_imports_s", "cluster_s", "center_s", "plan_s", "slabs_s",
+            "sum_read_s", "sum_recon_s", "sum_pyramid_s", "sum_write_s")
+    print(f"{'':<10}" + "".join(f"{k.removesuffix('_s'):>14}" for k in keys))
+    for r in rows:
+        print(f"{r['mode']:<10}" + "".join(f"{(r[k] or 0):>14.2f}" for k in keys))
+    print(f"centre found: {rows[0]['center']:.3f} (true {center}); machine: {os.cpu_count()} "
+          f"CPUs, load average {os.getloadavg()[0]:.1f}")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "dataset": {"n": args.n, "rows": args.rows, "angles": args.angles,
+                        "center": center}, "cores": args.cores,
+            "astra_s": astra_s, "astra_runs_s": astra_times, "astra_corr_truth": astra_corr,
+            "runs": rows,
+            "load_average_1min": os.getloadavg()[0]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
