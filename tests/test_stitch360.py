@@ -146,3 +146,15 @@ def test_bad_angles_are_named():
         find_axis_360(np.zeros((1, 90, 64)), half)
     with pytest.raises(ArrayInputError, match="outside the detector row"):
         stitch_half_turns(np.zeros((1, 100, 64)), np.radians(np.arange(100) * 3.6), 70.0)
+
+
+def test_given_axis_off_centre_is_stitched_too(offset_file, tmp_path):
+    """--center FLOAT on a 360-degree scan: an axis off the middle means stitching, and the
+    volume is as wide as the stitched slices (planned before any slab runs)."""
+    proc = tomopipe_cli("recon", str(offset_file), "--out", str(tmp_path / "v.zarr"),
+                        "--center", str(AXIS), "--rows", "2:4", "--workers", "0", "--json",
+                        "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    width = stitched_width(AXIS, DETECTOR)
+    assert result["shape"] == [2, width, width] and result["center_method"] == "given"
