@@ -6,15 +6,27 @@ Nothing is mocked: the simulator's camera writes frames while the runner's worke
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 import zarr
 from tomopipe.infra.simulator.run import simulate
-from tomopipe.tasks.phantom import phantom_volume, scale_features, DEFAULT_FEATURES
+from tomopipe.tasks.phantom import DEFAULT_FEATURES, phantom_volume, scale_features
 from tomopipe.tasks.recon.engine import reconstruct
 from tomopipe.tasks.recon.incremental import correlation
 from tomopipe.tasks.recon.params import ReconParams
+from tomopipe.tasks.recon.streaming import (
+    StreamRun,
+    early_center,
+    plan_stream,
+    stream_refusal,
+)
+from tomopipe.tasks.sources.angle_plan import planned_angles_deg
 from tomopipe.tasks.sources.bluesky_run import scan_from_documents
+from tomopipe.tasks.storage.live_views import read_live_attrs, read_views
+from tomopipe.tasks.storage.omezarr import is_complete
 
 from tomopipe.config import load_settings
 
@@ -51,3 +63,99 @@ def test_every_angle_order_reconstructs_through_the_normal_path(tmp_path, order)
     volume = zarr.open_group(str(tmp_path / f"{order}.zarr"), mode="r")["0"][:]
     expected = truth(size, rows)
     assert correlation(volume[rows // 2], expected[rows // 2]) > 0.9
+
+
+# ------------------------------------------------------------------ the runner on real Dask
+
+
+@pytest.fixture(scope="module")
+def dask_client():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        yield client
+
+
+def start_scan(settings, docs, **kwargs):
+    """The simulated scan in a thread, as the beamline runs it beside the pipeline."""
+    errors = []
+
+    def scan():
+        try:
+            simulate(settings, fps=kwargs.pop("fps"), sample="s", callbacks=[docs],
+                     n_flats=4, n_darks=2, seed=7, **kwargs)
+        except Exception as exc:  # pragma: no cover - shown by the test's assertion
+            errors.append(exc)
+
+    thread = threading.Thread(target=scan, daemon=True)
+    thread.start()
+    return thread, errors
+
+
+def wait_for_spec(docs, settings, timeout=60):
+    """The scan's spec as soon as its first projection has a StreamDatum."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        items = list(docs.items)
+        if any(n == "stream_datum" for n, _ in items) and any(
+                n == "event" for n, _ in items):
+            try:
+                return scan_from_documents(items, settings.data_roots), items[0][1]
+            except Exception:
+                pass
+        time.sleep(0.05)
+    raise AssertionError("the scan never started")
+
+
+def test_stream_follows_a_golden_scan_and_publishes_the_one_shot_volume(tmp_path, dask_client):
+    size, rows, n_angles = 64, 8, 240
+    settings = load_settings(tmp_path / "home")
+    docs = Docs()
+    thread, errors = start_scan(settings, docs, size=size, rows=rows, angles=n_angles, fps=60,
+                                angle_order="golden")
+    spec, start = wait_for_spec(docs, settings)
+    planned = planned_angles_deg(start["tomo"])
+    params = ReconParams(center=size / 2)
+    center = early_center(spec, params, planned, 1)
+    assert stream_refusal(params, spec, planned, center["value"]) is None
+    splan = plan_stream(rows, size, n_workers=2, memory_budget=2**30)
+    assert len(splan.blocks) == 2  # one block per worker
+    out = tmp_path / "vol.zarr"
+    run = StreamRun.begin(dask_client, spec, params, out, planned_deg=planned, center=center,
+                          stream_plan=splan, block_options={"view_every_s": 0.1})
+    seen, at_quarter = [], None
+    while thread.is_alive():
+        live = run.poll()
+        seen.append(live)
+        if at_quarter is None and live["fraction"] >= 0.25:
+            at_quarter = (live["fraction"], read_views(run.live)["xy"])
+        time.sleep(0.1)
+    thread.join()
+    assert not errors
+    final_spec = scan_from_documents(docs.items, settings.data_roots)
+    result = run.finish(final_spec.n_angles, recorded_deg=final_spec.angles_deg)
+
+    # it streamed: updates while the scan ran, with fractions between none and all
+    partial = [s["fraction"] for s in seen if 0 < s["fraction"] < 1]
+    assert len(set(partial)) >= 3
+    assert all(s["lag"] >= 0 for s in seen)
+    assert result["timings"]["batches"] > 4
+    # the live middle slice at a quarter of the angles already resembles the final slice
+    fraction, quarter = at_quarter
+    assert fraction < 0.5
+    final_xy = read_views(run.live)["xy"]
+    assert correlation(quarter, final_xy) >= 0.9
+    attrs = read_live_attrs(run.live)
+    assert attrs["fraction"] == pytest.approx(1.0) and attrs["state"] == "published"
+    # the published volume is the one-shot reconstruction of the same scan
+    assert is_complete(out)
+    streamed = zarr.open_group(str(out), mode="r")["0"][:]
+    assert np.allclose(streamed[rows // 2], final_xy, atol=1e-6)
+    one_shot = tmp_path / "one-shot.zarr"
+    reconstruct(final_spec, params, one_shot, workers=0)
+    reference = zarr.open_group(str(one_shot), mode="r")["0"][:]
+    err = np.linalg.norm(streamed - reference) / np.linalg.norm(reference)
+    assert err < 1e-2, err
+    assert zarr.open_group(str(out), mode="r")["1"].shape == \
+        zarr.open_group(str(one_shot), mode="r")["1"].shape

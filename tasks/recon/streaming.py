@@ -1,0 +1,433 @@
+"""Streaming reconstruction on Dask: the volume is accumulated while the scan runs.
+
+Each Dask worker runs one long task for a block of detector rows (``run_block``). It follows the
+detector's HDF5 file (SWMR), reads its own rows of every frame that has landed, normalises them
+with the flats and darks taken before the projections, and adds their filtered back-projection
+to its running sum (``incremental.FBPAccumulator``). Every ``view_every_s`` it writes its rows
+of the live views and a progress file (``storage.live_views``). When it falls behind it takes
+all landed frames at once (up to ``max_batch``, the memory plan's batch): never drops one. When
+the flow says the scan stopped (``live_views.request_stop`` with the number of frames), it adds
+the last frames, builds its pyramid levels and writes its shards of the volume with a
+done-marker, as a slab of the one-shot engine does. The flow then only publishes.
+
+The flow's side is ``StreamRun``: it decides whether the run can stream (``stream_refusal``,
+``plan_stream``: the accumulators must fit the workers' memory, one block per worker), creates
+the volume and the live group, submits the blocks, summarises their progress (``poll``) and,
+at the stop, waits for the blocks and publishes (``finish``).
+
+Only descriptors travel through the scheduler: file paths, row ranges, parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tomopipe.tasks.recon.params import ReconParams
+from tomopipe.tasks.sources.spec import FrameSet, ScanSpec
+from tomopipe.tasks.storage import live_views, publish
+
+from tomopipe.errors import PlanError, TomopipeError
+
+UM_PER_CM = 1e4
+DEFAULT_MAX_BATCH = 64  # frames per accumulation step: what the memory plan sizes
+ANGLE_TOLERANCE_DEG = 0.01  # planned against recorded angles, checked at the stop
+
+
+@dataclass(frozen=True)
+class BlockJob:
+    """What one worker's long task needs: small, picklable, no arrays."""
+
+    label: str
+    projections: FrameSet  # the growing file: frame i of the run is dataset frame i
+    flats: tuple[FrameSet, ...]
+    darks: tuple[FrameSet, ...]
+    angles_deg: tuple[float, ...]  # planned, acquisition order
+    rows: tuple[int, int]  # detector rows
+    z0: int  # first plane in the volume
+    n_cols: int
+    center: float
+    params: ReconParams
+    pixel_size_um: float | None
+    partial: str  # the volume being written (publish protocol)
+    n_levels: int
+    live: str  # the live group
+    positions: dict  # {z, y, x} of the live views, volume coordinates
+    max_batch: int = DEFAULT_MAX_BATCH
+    poll_s: float = 0.05
+    view_every_s: float = 0.25
+    idle_timeout_s: float = 600.0
+
+
+def stream_refusal(params: ReconParams, spec: ScanSpec, planned_deg, center) -> str | None:
+    """Why this run cannot be streamed (it is then reconstructed at the stop), or None."""
+    if params.algorithm != "fbp":
+        return f"streaming does FBP only; {params.algorithm} is reconstructed at the stop"
+    if params.backend not in ("auto", "fourier"):
+        return (f"streaming runs the CPU Fourier back-projection; backend {params.backend} "
+                "is reconstructed at the stop")
+    if params.rings != "none":
+        return "ring removal filters whole sinograms: reconstructed at the stop"
+    if params.phase != "none":
+        return "phase retrieval needs rows beyond each block: reconstructed at the stop"
+    if params.flats or params.darks:
+        return "flats or darks from other files: reconstructed at the stop"
+    if planned_deg is None:
+        return ("the run declares no angles before the scan (tomo.angle_plan or "
+                "tomo.planned_angles_deg), so no frame can be weighted before the stop")
+    sets = spec.projections
+    if len(sets) != 1 or (sets[0].indices is not None
+                          and tuple(sets[0].indices) != tuple(range(len(sets[0].indices)))):
+        return "the projections are not one file filled from its first frame"
+    if center is not None:
+        from tomopipe.tasks.preprocess.stitch360 import is_offset_axis
+
+        if is_offset_axis(np.deg2rad(planned_deg), float(center), spec.n_cols):
+            return "a 360-degree scan with its axis off-centre is stitched at the stop"
+    return None
+
+
+@dataclass
+class StreamPlan:
+    """One block of rows per worker, and the chunk plan of the volume they write."""
+
+    chunk_plan: object  # planning.ChunkPlan
+    blocks: list[tuple[int, int]]  # volume rows of each block
+    max_batch: int
+
+
+def plan_stream(n_rows: int, n_cols: int, *, n_workers: int, memory_budget: int,
+                raw_itemsize: int = 2, n_flats_darks: int = 0,
+                max_batch: int = DEFAULT_MAX_BATCH) -> StreamPlan:
+    """Blocks for ``n_workers`` workers whose accumulators (and one batch of frames) fit
+    ``memory_budget`` each. Raises PlanError (the reason to reconstruct at the stop) when the
+    rows need more blocks than there are workers."""
+    from tomopipe.tasks.recon.fourier import FourierBackend
+    from tomopipe.tasks.recon.incremental import FBPAccumulator
+    from tomopipe.tasks.recon.planning import _fmt, plan
+
+    per_row = (FourierBackend().bytes_per_row(max_batch, n_cols)
+               + FBPAccumulator.bytes_needed(1, n_cols))
+    try:
+        chunk_plan = plan(n_rows, max_batch, n_cols, raw_itemsize=raw_itemsize,
+                          bytes_per_row=per_row, memory_budget=memory_budget,
+                          n_workers=n_workers, n_flats_darks=n_flats_darks,
+                          max_slab_rows=math.ceil(n_rows / max(1, n_workers)))
+    except PlanError as exc:
+        raise PlanError(f"streaming does not fit: {exc}") from None
+    if chunk_plan.n_slabs > n_workers:
+        need = chunk_plan.n_slabs * chunk_plan.est_bytes_per_slab
+        raise PlanError(
+            f"streaming does not fit: the {n_rows} running slices of {n_cols} x {n_cols} need "
+            f"{chunk_plan.n_slabs} blocks of {chunk_plan.slab_rows} rows ({_fmt(need)} in all) "
+            f"but there are {n_workers} workers of {_fmt(memory_budget)}")
+    return StreamPlan(chunk_plan, chunk_plan.slabs(), max_batch)
+
+
+# ------------------------------------------------------------------------ the worker's side
+
+
+def _landed(f, job: BlockJob) -> int:
+    from tomopipe.tasks.sources.hdf5io import get_dataset
+
+    return int(get_dataset(f, job.projections.dataset, source=job.label).shape[0])
+
+
+def _fields(job: BlockJob) -> tuple[np.ndarray, np.ndarray]:
+    from tomopipe.tasks.sources.hdf5io import read_frames
+
+    flats = read_frames(job.flats, job.rows, label=job.label)
+    if job.darks:
+        darks = read_frames(job.darks, job.rows, label=job.label)
+    else:
+        darks = np.zeros((1, job.rows[1] - job.rows[0], job.n_cols), flats.dtype)
+    return flats, darks
+
+
+def run_block(job: BlockJob) -> dict:
+    """Follow the scan for the rows of ``job`` until the flow's stop, then write them.
+
+    Runs on a worker for the whole scan. Returns its figures (frames, batches, seconds).
+    """
+    from tomopipe.tasks.recon.incremental import FBPAccumulator, frame_weights
+    from tomopipe.tasks.recon.slab import preprocess_slab
+    from tomopipe.tasks.sources.hdf5io import get_dataset, open_h5
+
+    rows = job.rows
+    z_rows = (job.z0, job.z0 + rows[1] - rows[0])
+    n_expected = len(job.angles_deg)
+    angles = np.deg2rad(np.asarray(job.angles_deg, dtype=np.float64))
+    acc = FBPAccumulator(rows[1] - rows[0], job.n_cols, job.center,
+                         frame_weights(n_expected, angles), filter_name=job.params.filter_name)
+    scale = np.float32(UM_PER_CM / job.pixel_size_um) if job.pixel_size_um else np.float32(1)
+    flats = darks = None
+    history: list[list[float]] = []
+    stats = {"batches": 0, "largest_batch": 0, "read_s": 0.0, "recon_s": 0.0, "views_s": 0.0}
+    landed, last_view, last_new = 0, 0.0, time.monotonic()
+    t_start = time.monotonic()
+
+    def write_views(state: str) -> None:
+        t = time.perf_counter()
+        block = acc.partial_view() * scale
+        live_views.write_block_views(job.live, z_rows, job.positions, block)
+        now = time.time()
+        history.append([now, acc.frames_in])
+        live_views.write_block_status(job.live, z_rows, {
+            "frames_in": acc.frames_in, "frames_landed": landed, "fraction": acc.fraction,
+            "updated": now, "state": state, "history": history, "pid": os.getpid(), **stats})
+        stats["views_s"] += time.perf_counter() - t
+
+    while True:
+        control = live_views.read_control(job.live)
+        if control.get("abort"):
+            live_views.write_block_status(job.live, z_rows, {"state": "aborted",
+                                                             "frames_in": acc.frames_in})
+            return {"rows": list(rows), "aborted": control["abort"]}
+        stop_frames = control.get("stop_frames")
+        limit = n_expected if stop_frames is None else min(int(stop_frames), n_expected)
+        t0 = time.perf_counter()
+        todo = None
+        with open_h5(job.projections.path) as f:
+            landed = _landed(f, job)
+            a = acc.frames_in
+            b = min(landed, limit, a + job.max_batch)
+            if b > a:
+                if flats is None:
+                    flats, darks = _fields(job)  # taken before the first projection
+                ds = get_dataset(f, job.projections.dataset, source=job.label)
+                todo = (a, b, np.asarray(ds[a:b, rows[0]:rows[1], :]))
+        if todo is not None:
+            a, b, frames = todo
+            t1 = time.perf_counter()
+            sinos = preprocess_slab(frames, flats, darks, job.params)
+            acc.add(sinos, angles[a:b], np.arange(a, b))
+            stats["read_s"] += t1 - t0
+            stats["recon_s"] += time.perf_counter() - t1
+            stats["batches"] += 1
+            stats["largest_batch"] = max(stats["largest_batch"], b - a)
+            last_new = time.monotonic()
+            done = stop_frames is not None and acc.frames_in >= limit
+            if done or time.monotonic() - last_view >= job.view_every_s:
+                write_views("streaming")
+                last_view = time.monotonic()
+            continue  # more may be waiting: no sleep while behind
+        if stop_frames is not None and acc.frames_in >= limit:
+            break
+        if time.monotonic() - last_new > job.idle_timeout_s:
+            raise TomopipeError(f"{job.label}: no new frame for {job.idle_timeout_s:.0f} s "
+                                f"(rows {rows[0]}:{rows[1]}, {acc.frames_in} in)")
+        time.sleep(job.poll_s)
+
+    write_views("writing")
+    t = time.perf_counter()
+    if acc.frames_in < n_expected:  # the scan ended early: the reconstruction of what came
+        volume = acc.partial_view() * scale
+    else:
+        volume = acc.sum * scale
+    from tomopipe.tasks.storage.omezarr import write_levels
+    from tomopipe.tasks.storage.pyramid import build_levels
+
+    write_levels(Path(job.partial), job.z0, build_levels(volume, job.n_levels))
+    stats["write_s"] = time.perf_counter() - t
+    publish.mark_slab_done(job.partial, z_rows, {"frames": acc.frames_in, **stats})
+    live_views.write_block_status(job.live, z_rows, {
+        "frames_in": acc.frames_in, "frames_landed": landed, "fraction": acc.fraction,
+        "updated": time.time(), "state": "written", "history": history, **stats})
+    return {"rows": list(rows), "frames": acc.frames_in, "pid": os.getpid(),
+            "seconds": time.monotonic() - t_start, **stats}
+
+
+# -------------------------------------------------------------------------- the flow's side
+
+
+def summarize(statuses: list[dict], n_blocks: int, positions: dict,
+              z_rows: list[tuple[int, int]]) -> tuple[dict, dict]:
+    """(summary, fraction per view) from the blocks' progress files."""
+    by_rows = {tuple(s["rows"]): s for s in statuses if "rows" in s}
+    present = [by_rows.get(tuple(r), {}) for r in z_rows]
+    frames_in = min((s.get("frames_in", 0) for s in present), default=0)
+    landed = max((s.get("frames_landed", 0) for s in present), default=0)
+    fractions = [float(s.get("fraction", 0.0)) for s in present]
+    fraction = min(fractions) if len(present) == n_blocks else 0.0
+    xy = next((f for r, f in zip(z_rows, fractions, strict=True)
+               if r[0] <= positions["z"] < r[1]), 0.0)
+    summary = {"fraction": fraction, "frames_in": frames_in, "frames_landed": landed,
+               "lag": max(0, landed - frames_in), "updated": time.time()}
+    return summary, {"xy": xy, "xz": fraction, "yz": fraction}
+
+
+@dataclass
+class StreamRun:
+    """A streaming reconstruction in progress, seen from the flow."""
+
+    spec: ScanSpec
+    params: ReconParams
+    out: Path
+    key: str
+    live: Path
+    positions: dict
+    stream_plan: StreamPlan
+    center: dict
+    pub: object  # publish.Publication
+    planned: tuple = ()  # the planned angles, degrees
+    futures: list = field(default_factory=list)
+    blocks: list[tuple[int, int]] = field(default_factory=list)
+    last_xy: np.ndarray | None = None
+    started: float = field(default_factory=time.time)
+    history: list = field(default_factory=list)
+
+    @classmethod
+    def begin(cls, client, spec: ScanSpec, params: ReconParams, out: str | Path, *,
+              planned_deg, center: dict, stream_plan: StreamPlan,
+              positions: dict | None = None, extra_provenance: dict | None = None,
+              block_options: dict | None = None) -> StreamRun:
+        """Create the volume and the live group, and start one block task per worker."""
+        from tomopipe.tasks.recon import engine
+        from tomopipe.tasks.storage.location import volume_key
+        from tomopipe.tasks.storage.omezarr import create_volume
+
+        out = Path(out)
+        key = volume_key(spec, params)
+        pub = publish.begin(out, key)
+        if pub.state != "fresh":
+            if pub.state == "skip":
+                raise TomopipeError(f"{out}: already published with this key")
+            import shutil
+
+            shutil.rmtree(pub.partial)  # a streamed partial cannot be resumed: start over
+            pub = publish.begin(out, key)
+        chunk_plan = stream_plan.chunk_plan
+        shape = (chunk_plan.n_rows, spec.n_cols, spec.n_cols)
+        px = engine.pixel_size(spec, params)
+        rows = engine.resolve_rows(spec, params)
+        planned = tuple(float(a) for a in planned_deg)
+        final_spec = dataclasses.replace(spec, angles_deg=planned)
+        provenance = engine._provenance(final_spec, params, key, rows, center, "fourier", "cpu",
+                                        px, chunk_plan, shape,
+                                        {**(extra_provenance or {}), "streamed": True})
+        pub.partial.mkdir(parents=True, exist_ok=True)
+        create_volume(pub.partial, chunk_plan.levels, pixel_size_um=px, provenance=provenance,
+                      name=Path(spec.label).name)
+        publish.record_job(pub, {"plan": chunk_plan.to_dict(), "center": center,
+                                 "backend": {"name": "fourier", "device": "cpu"},
+                                 "streamed": True})
+        live = live_views.live_path(out)
+        positions = live_views.view_positions(shape, positions)
+        live_views.create_live_group(live, shape, positions, pixel_size_um=px, run=spec.label)
+        run = cls(spec, params, out, key, live, positions, stream_plan, center, pub, planned)
+        workers = sorted(client.scheduler_info().get("workers", {}))
+        for i, (a, b) in enumerate(stream_plan.blocks):
+            job = BlockJob(label=spec.label, projections=spec.projections[0],
+                           flats=spec.flats, darks=spec.darks, angles_deg=planned,
+                           rows=(rows[0] + a, rows[0] + b), z0=a, n_cols=spec.n_cols,
+                           center=float(center["value"]), params=params, pixel_size_um=px,
+                           partial=str(pub.partial.absolute()), n_levels=chunk_plan.n_levels,
+                           live=str(live.absolute()), positions=positions,
+                           max_batch=stream_plan.max_batch, **(block_options or {}))
+            where = {"workers": [workers[i % len(workers)]], "allow_other_workers": False} \
+                if workers else {}
+            run.futures.append(client.submit(run_block, job, pure=False,
+                                             key=f"tomopipe-stream-{a}-{key[:8]}", **where))
+            run.blocks.append((a, b))
+        return run
+
+    def poll(self) -> dict:
+        """The live figures now; writes them into the live group's attributes."""
+        from tomopipe.tasks.recon.incremental import correlation
+
+        for fut in self.futures:  # a block that died is a fault now, not at the stop
+            if fut.status == "error":
+                fut.result()
+        summary, per_view = summarize(live_views.read_block_status(self.live), len(self.blocks),
+                                      self.positions, self.blocks)
+        xy = live_views.read_views(self.live)["xy"] if summary["frames_in"] else None
+        if xy is not None and self.last_xy is not None:
+            summary["correlation"] = correlation(xy, self.last_xy)
+        if xy is not None:
+            self.last_xy = xy
+        summary["state"] = "streaming"
+        self.history.append([summary["updated"], summary["frames_in"], summary["lag"]])
+        return live_views.update_live_attrs(self.live, summary, per_view)
+
+    def finish(self, n_frames: int, recorded_deg=None, timeout_s: float = 600.0) -> dict:
+        """The scan stopped with ``n_frames`` projections: let the blocks add the last ones and
+        write, then publish. ``recorded_deg``: the angles the run's events recorded, checked
+        against the planned ones (a mismatch discards the streamed volume: TomopipeError)."""
+        from distributed import wait
+
+        t0 = time.perf_counter()
+        planned = np.asarray(self.planned, dtype=np.float64)
+        if recorded_deg is not None:
+            rec = np.asarray(recorded_deg, dtype=np.float64)
+            n = min(rec.size, planned.size)
+            if rec.size > planned.size or np.max(np.abs(rec[:n] - planned[:n]),
+                                                 initial=0) > ANGLE_TOLERANCE_DEG:
+                self.abort("recorded angles differ from the planned ones")
+                raise TomopipeError(f"{self.spec.label}: the recorded angles differ from the "
+                                    f"planned ones by more than {ANGLE_TOLERANCE_DEG} degrees")
+        live_views.request_stop(self.live, int(n_frames))
+        wait(self.futures, timeout=timeout_s)
+        results = [f.result() for f in self.futures]
+        missing = [s for s in self.blocks if not publish.slab_done(self.pub.partial, s)]
+        if missing:
+            raise TomopipeError(f"{self.out}: blocks {missing} wrote no done-marker")
+        self.poll()  # the blocks' last figures (all frames in) into the live group
+        t1 = time.perf_counter()
+        timings = {"last_batch_s": t1 - t0, "streamed": True, "n_frames": int(n_frames),
+                   "largest_batch": max(r.get("largest_batch", 0) for r in results),
+                   "batches": sum(r.get("batches", 0) for r in results),
+                   "slab_pids": sorted({r["pid"] for r in results if "pid" in r}),
+                   "n_slabs_computed": len(results), "live_history": self.history[-2000:]}
+        partial_fraction = int(n_frames) < planned.size
+        publish.finish(self.pub, {"timings": timings, "finished": _dt.datetime.now(
+            _dt.UTC).isoformat(timespec="seconds"), "frames": int(n_frames),
+            "partial_scan": partial_fraction})
+        summary = live_views.update_live_attrs(self.live, {"state": "published",
+                                                           "updated": time.time(),
+                                                           "volume": str(self.out)})
+        timings["publish_s"] = time.perf_counter() - t1
+        shape = (self.stream_plan.chunk_plan.n_rows, self.spec.n_cols, self.spec.n_cols)
+        return {"output": str(self.out), "key": self.key, "center": self.center["value"],
+                "center_method": self.center["method"],
+                "center_confidence": self.center.get("confidence"), "backend": "fourier",
+                "shape": list(shape), "seconds": time.time() - self.started, "skipped": False,
+                "timings": timings, "live": summary}
+
+    def abort(self, reason: str) -> None:
+        """Stop the blocks without writing (the run failed, or the volume is not wanted)."""
+        import shutil
+
+        live_views.request_stop(self.live, None, abort=reason)
+        for fut in self.futures:
+            fut.cancel()
+        shutil.rmtree(self.pub.partial, ignore_errors=True)
+
+
+def early_center(spec: ScanSpec, params: ReconParams, planned_deg, n_landed: int) -> dict | None:
+    """The centre from the frames landed so far, once they cover the half-turn (every gap
+    under 2 degrees), else None. A given centre is used as is."""
+    from tomopipe.tasks.recon import engine
+
+    rows = engine.resolve_rows(spec, params)
+    if params.center != "auto":
+        return engine.find_center(spec, params, rows)
+    angles = np.mod(np.asarray(planned_deg[:n_landed], dtype=np.float64), 180.0)
+    if angles.size < 16:
+        return None
+    s = np.sort(angles)
+    gaps = np.diff(np.concatenate([s, [s[0] + 180.0]]))
+    if gaps.max() > 2.0:
+        return None
+    fs = spec.projections[0]
+    partial = dataclasses.replace(spec, projections=(FrameSet(fs.path, fs.dataset,
+                                                              tuple(range(n_landed))),),
+                                  angles_deg=tuple(float(a) for a in planned_deg[:n_landed]))
+    found = engine.find_center(partial, params, rows)
+    found["method"] = f"{found['method']} (first {n_landed} frames)"
+    return found
