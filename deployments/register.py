@@ -38,6 +38,7 @@ def register_all(settings: Settings, state: dict, *, prefect_yaml: Path = PREFEC
     """Create or update every deployment of prefect.yaml on ``state["prefect_api"]``, delete
     stale ones; returns {"flow/deployment": deployment id}."""
     from prefect.client.schemas.objects import VersionInfo
+    from tomopipe.deployments.crash_recovery import register_crash_detection
 
     from tomopipe.context import prefect_api_scope
 
@@ -50,6 +51,7 @@ def register_all(settings: Settings, state: dict, *, prefect_yaml: Path = PREFEC
         for deployment in deployments:
             registered[deployment.full_name] = str(deployment.apply(version_info=version))
         asyncio.run(_delete_stale(registered, {d.work_pool_name for d in deployments}))
+        register_crash_detection()  # zombie flow runs -> Crashed (deployments/crash_recovery.py)
     return registered
 
 

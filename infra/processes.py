@@ -2,8 +2,10 @@
 
 Each service runs in its own session (``start_new_session=True``), so its process group id is
 its pid and stopping it also stops whatever it spawned (the Prefect server starts uvicorn, the
-worker starts flow runs). A pid is kept together with the process's start time, so a pid that
-the system has since handed to an unrelated process is never signalled.
+worker starts flow runs). What left the group (a flow run in a session of its own, the children
+of a fork server) is found by the home in its environment (``processes_of_home``). A pid is kept
+together with the process's start time, so a pid that the system has since handed to an
+unrelated process is never signalled.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ import psutil
 from tomopipe.errors import ServiceError
 
 LOOPBACK = "127.0.0.1"
+# In the environment of every service process of a home (and so of everything they start): the
+# home. `tomopipe down` stops whatever still carries it once the services' groups are stopped.
+SERVICE_ENV = "TOMOPIPE_SERVICE_HOME"
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -117,6 +122,43 @@ def stop_groups(leaders: list[tuple[int, float | None]], *, timeout: float = 10.
         while left() and time.monotonic() < end:
             time.sleep(0.05)
     return [pid for pid, _ in running]
+
+
+def processes_of_home(home: Path | str) -> list[psutil.Process]:
+    """Every process started for the services of ``home`` and whatever they started in turn:
+    they carry SERVICE_ENV=home in their environment (set by ``tomopipe up``), wherever they
+    have moved since (a flow run's own session, a fork server's child whose parent died). This
+    process and its ancestors are left out."""
+    mine = {os.getpid()}
+    with contextlib.suppress(psutil.Error):
+        mine.update(p.pid for p in psutil.Process().parents())
+    found = []
+    for proc in psutil.process_iter():
+        if proc.pid in mine:
+            continue
+        try:
+            if proc.environ().get(SERVICE_ENV) == str(home):
+                found.append(proc)
+        except psutil.Error:  # gone, a zombie, or another user's
+            continue
+    return found
+
+
+def stop_processes(procs: list[psutil.Process], *, timeout: float = 10.0) -> list[int]:
+    """SIGTERM each, SIGKILL what is left after ``timeout`` s; returns the pids signalled."""
+    signalled = []
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+            signalled.append(proc.pid)
+    _, alive_ = psutil.wait_procs(procs, timeout=timeout)
+    for proc in alive_:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive_, timeout=5)
+    for pid in signalled:
+        _reap(pid)
+    return signalled
 
 
 def _group_members(pid: int) -> list[tuple[psutil.Process, float]]:

@@ -54,10 +54,16 @@ async def wake_on_scheduled(worker, *, subscriber=None) -> None:
         await anyio.sleep(RETRY_S)
 
 
-async def run_worker(worker, printer=print) -> None:
-    """Start ``worker`` (polling, heartbeats) with the wake-up listener beside it."""
+async def run_worker(worker, printer=print, home: str | None = None) -> None:
+    """Start ``worker`` (polling, heartbeats) with the wake-up listener beside it and, for a
+    tomopipe home, the crash sweep (deployments/crash_recovery.py: runs whose process died are
+    marked Crashed and submitted again once)."""
     async with anyio.create_task_group() as tg:
         tg.start_soon(wake_on_scheduled, worker)
+        if home:
+            from tomopipe.deployments.crash_recovery import watch
+
+            tg.start_soon(watch, home, worker._work_pool_name)
         try:
             await worker.start(printer=printer)
         finally:

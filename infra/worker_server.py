@@ -60,7 +60,7 @@ def serve(pool: str, name: str | None) -> None:
     worker = ProcessWorker(
         work_pool_name=pool, name=name, prefetch_seconds=PREFECT_WORKER_PREFETCH_SECONDS.value(),
         heartbeat_interval_seconds=int(PREFECT_WORKER_HEARTBEAT_SECONDS.value()))
-    anyio.run(run_worker, worker, print)
+    anyio.run(run_worker, worker, print, os.environ.get("TOMOPIPE_HOME"))
 
 
 def main(argv: list[str]) -> int:

@@ -32,7 +32,7 @@ import time
 import traceback
 import warnings
 
-from tomopipe.infra.zygote_client import ENGINE_MODULE, HEADER, REPLY
+from tomopipe.infra.zygote_client import ENGINE_MODULE, HEADER, REPLY, die_with_parent
 
 # What `python -m prefect.engine` imports before a run of ours turns RUNNING, then what our tasks
 # import lazily (measured by listing a child's new sys.modules at its exit). Not tiled.client:
@@ -287,6 +287,8 @@ class Zygote:
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         sys.exit("usage: python -m tomopipe.infra.zygote SOCKET_PATH")
+    die_with_parent(signal.SIGTERM)  # the worker that started us died: so do we (also checked
+    # every second in serve, for systems without PR_SET_PDEATHSIG)
     t0 = time.monotonic()
     failed = preload()
     log(f"preloaded in {time.monotonic() - t0:.1f} s" + (f"; failed: {failed}" if failed else ""))

@@ -7,11 +7,21 @@ stands in for that child: SIGTERM/SIGINT sent to it (the worker cancels a run by
 process it started) are passed on, and it ends with the child's exit status. When the zygote
 cannot be reached it execs ``python -m prefect.engine`` itself, so runs still start, only slower.
 
+It also keeps the worker's side of the books for crash recovery (deployments/crash_recovery.py):
+while the run's process lives, ``$TOMOPIPE_HOME/flow-runs/<flow run id>.json`` names it (this
+client and the engine it stands for, each with its start time). Once those processes are gone,
+the worker's sweep removes the record, and marks the run Crashed when Prefect still has it
+running: it died without a word (its worker was killed, say). And this client dies with its
+worker (the kernel sends it SIGTERM when the worker dies, PR_SET_PDEATHSIG, which it passes on
+to the engine, so it stops), so no flow run goes on writing after the process that watches it
+has gone.
+
 Only the standard library is imported here, so this starts in a few tens of milliseconds.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -25,6 +35,62 @@ ENGINE_MODULE = os.environ.get("TOMOPIPE_ZYGOTE_MODULE", "prefect.engine")
 HEADER = struct.Struct("!I")  # length of the JSON request that follows
 REPLY = struct.Struct("!i")  # the child's pid, then its exit code (negative: killed by signal)
 FORWARDED = (signal.SIGTERM, signal.SIGINT)
+RECORDS = "flow-runs"  # under $TOMOPIPE_HOME: one launch record per flow run in progress
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> bool:
+    """Ask the kernel to send ``sig`` to this process when its parent dies (Linux only);
+    False where it cannot. A parent that is already gone gets the signal sent at once."""
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    if os.getppid() != parent:  # it died before the request took effect
+        os.kill(os.getpid(), sig)
+    return True
+
+
+def start_ticks(pid: int) -> int | None:
+    """A process's start time in clock ticks since boot (/proc/PID/stat), or None when there is
+    no such process: with the pid it names one process for good."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return int(fields[19]) if fields[0] != b"Z" else None  # field 22 of proc(5); zombies: gone
+
+
+def record_path(flow_run_id: str) -> str | None:
+    home = os.environ.get("TOMOPIPE_HOME")
+    return os.path.join(home, RECORDS, f"{flow_run_id}.json") if home and flow_run_id else None
+
+
+def write_record(child: int) -> str | None:
+    """Name this client and the engine ``child`` as the processes of this flow run."""
+    path = record_path(os.environ.get("PREFECT__FLOW_RUN_ID", ""))
+    if path is None:
+        return None
+    me = os.getpid()
+    body = {"flow_run_id": os.environ["PREFECT__FLOW_RUN_ID"],
+            "processes": [[me, start_ticks(me)], [child, start_ticks(child)]]}
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{me}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(body, f)
+        os.replace(tmp, path)
+    except OSError as exc:  # no record: the run still goes, only without crash detection
+        print(f"zygote_client: cannot write {path}: {exc}", file=sys.stderr, flush=True)
+        return None
+    return path
+
+
 
 
 def request(argv: list[str]) -> bytes:
@@ -47,6 +113,9 @@ def recv_int(sock: socket.socket) -> int | None:
 def fallback(argv: list[str], why: str) -> None:
     print(f"zygote_client: {why}; starting python -m {ENGINE_MODULE} directly", file=sys.stderr,
           flush=True)
+    # exec keeps the pid, so the engine is this process; its record outlives it, and crash
+    # recovery tells a run that ended from one that died by the flow run's state
+    write_record(os.getpid())
     os.execv(sys.executable, [sys.executable, "-m", ENGINE_MODULE, *argv])
 
 
@@ -62,6 +131,7 @@ def exit_like(code: int) -> None:
 
 
 def main(argv: list[str]) -> None:
+    die_with_parent(signal.SIGTERM)  # forwarded to the engine below, like a cancellation
     path = os.environ.get(SOCKET_ENV)
     if not path:
         fallback(argv, f"{SOCKET_ENV} is not set")
@@ -84,6 +154,7 @@ def main(argv: list[str]) -> None:
 
     for sig in FORWARDED:
         signal.signal(sig, forward)
+    write_record(pid)  # left for crash recovery's sweep, which tells by the run's state
     # The zygote writes the exit code once it has reaped the child. Should the zygote die first,
     # the connection closes only when the child (which holds a copy of it) exits as well.
     code = recv_int(sock)

@@ -1,7 +1,8 @@
 """Record what became of each run: a results table under the home, mirrored into the catalog.
 
 The table (SQLite, ``$TOMOPIPE_HOME/results.sqlite``) is the record ``tomopipe runs`` reads: one
-row per source (run uid or file) with its state (waiting | running | completed | failed), the
+row per source (run uid or file) with its state (waiting | running | completed | failed |
+crashed: its flow-run process died, see deployments/crash_recovery.py), the
 output volume, its key, centre and the reason of a failure. It is written at every state change,
 cheaply and without a network. The final state is also written into the run's node in the Tiled
 catalog, as metadata ``tomopipe: {output, key, center, state, message}`` next to ``start`` and
@@ -21,7 +22,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-STATES = ("waiting", "running", "completed", "failed")
+STATES = ("waiting", "running", "completed", "failed", "crashed")
 TABLE = """CREATE TABLE IF NOT EXISTS results (
     uid TEXT PRIMARY KEY, plan_name TEXT, state TEXT NOT NULL, output TEXT, key TEXT,
     center REAL, message TEXT, flow_run_id TEXT, details TEXT, updated REAL NOT NULL)"""
