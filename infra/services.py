@@ -67,6 +67,8 @@ WORKER_ENV = {
     "PREFECT_WORKER_PREFETCH_SECONDS": "5",
     "PREFECT_WORKER_HEARTBEAT_SECONDS": "5",
     "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+    # flow runs send heartbeats, for Prefect's zombie-flow automation (deployments/crash_recovery)
+    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
 }
 
 
@@ -101,6 +103,7 @@ def base_env(home: Path, prefect_api: str | None = None) -> dict[str, str]:
     """The environment of every service process: this home, its own PREFECT_HOME."""
     env = dict(os.environ)
     env["TOMOPIPE_HOME"] = str(home)
+    env[processes.SERVICE_ENV] = str(home)  # `down` finds what the services started by it
     env["PREFECT_HOME"] = str(prefect_home(home))
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     env["PREFECT_CLI_COLORS"] = "false"
@@ -483,11 +486,22 @@ def _down(home: Path, *, timeout: float) -> list[str]:
     if not state.get("pids"):
         clear_services(home)
         starting.unlink(missing_ok=True)
-        return []
+        return _stop_strays(home, timeout)
     pids, started = state.get("pids", {}), state.get("started", {})
     order = [n for n in reversed(SERVICES) if n in pids] + [n for n in pids if n not in SERVICES]
     ran = processes.stop_groups([(pids[n], started.get(n)) for n in order], timeout=timeout)
     stopped = [n for n in order if pids[n] in ran]
+    stopped += _stop_strays(home, timeout)
     clear_services(home)
     starting.unlink(missing_ok=True)
     return stopped
+
+
+def _stop_strays(home: Path, timeout: float) -> list[str]:
+    """Stop what the services started that outlived their process groups (flow runs in their
+    own session, a fork server's children after their worker was killed); ["strays"] or []."""
+    left = processes.processes_of_home(home)
+    if not left:
+        return []
+    processes.stop_processes(left, timeout=timeout)
+    return ["strays"]
