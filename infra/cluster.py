@@ -239,50 +239,62 @@ def configured_cluster() -> ClusterConfig:
     return cluster_config(load_settings())
 
 
-def slurm_cluster_kwargs(cfg: ClusterConfig) -> dict:
-    """Keyword arguments of ``dask_jobqueue.SLURMCluster`` for a kind-slurm config."""
+# config.yaml's cluster keys that dask-jobqueue's ``jobqueue.slurm`` configuration takes as
+# they are (dask config accepts the underscores); the others are translated in slurm_dask_config.
+_JOBQUEUE_SAME = ("cores", "queue", "account", "walltime", "interface", "local_directory",
+                  "log_directory", "python", "job_extra_directives", "job_script_prologue",
+                  "worker_extra_args")
+# Where tomopipe puts a run's SLURM settings in dask's configuration: beside (not over)
+# ``jobqueue.slurm``, whose values a facility may set in its own dask config files.
+JOBQUEUE_CONFIG = "tomopipe-slurm"
+
+
+def slurm_dask_config(cfg: ClusterConfig) -> dict:
+    """dask-jobqueue settings (keys of ``jobqueue.slurm``) for a kind-slurm config."""
     if cfg.kind != "slurm":
         raise ConfigError(f"cluster.kind: {cfg.kind!r} is not slurm")
-    directives = list(cfg.job_extra_directives)
-    kwargs: dict = {
-        "cores": cfg.cores,
+    conf = {k: list(v) if isinstance(v, tuple) else v
+            for k in _JOBQUEUE_SAME if (v := getattr(cfg, k)) not in (None, ())}
+    conf.update({
         "memory": f"{cfg.memory}B",
         "processes": cfg.workers_per_job,
-        "queue": cfg.queue,
-        "account": cfg.account,
-        "walltime": cfg.walltime,
-        "interface": cfg.interface,
-        "local_directory": cfg.local_directory,
-        "log_directory": cfg.log_directory,
-        "python": cfg.python,
-        "job_name": cfg.job_name or "tomopipe-dask",
-        "job_script_prologue": list(cfg.job_script_prologue),
-        "worker_extra_args": list(cfg.worker_extra_args),
+        "name": cfg.job_name or "tomopipe-dask",
         # a free dashboard port: the scheduler runs inside the flow's process
-        "scheduler_options": {"dashboard_address": ":0"},
-    }
-    if cfg.scheduler_host:
-        kwargs["scheduler_options"]["host"] = cfg.scheduler_host
+        "scheduler_options": {"dashboard_address": ":0",
+                              **({"host": cfg.scheduler_host} if cfg.scheduler_host else {})},
+    })
     if cfg.death_timeout_s is not None:
-        kwargs["death_timeout"] = cfg.death_timeout_s
+        conf["death_timeout"] = cfg.death_timeout_s
     if cfg.gpus_per_job:
+        directives = list(cfg.job_extra_directives)
         if not any(d.startswith(("--gres", "--gpus")) for d in directives):
             directives.append(f"--gres=gpu:{cfg.gpus_per_job}")
+        conf["job_extra_directives"] = directives
         # dask-cuda starts one worker per GPU the job was given and pins each to its GPU
-        kwargs["worker_command"] = CUDA_WORKER_COMMAND
-    kwargs["job_extra_directives"] = directives
-    return {k: v for k, v in kwargs.items() if v is not None}
+        conf["worker_command"] = CUDA_WORKER_COMMAND
+    return conf
 
 
 def slurm_cluster(cfg: ClusterConfig):
-    """A ``dask_jobqueue.SLURMCluster`` with its scheduler running here and no jobs submitted."""
+    """A ``dask_jobqueue.SLURMCluster`` with its scheduler running here and no jobs submitted.
+
+    Its settings go through dask's configuration: the facility's ``jobqueue.slurm`` (dask
+    config files, DASK_JOBQUEUE__SLURM__* variables) with config.yaml's ``cluster:`` over it,
+    kept as ``jobqueue.tomopipe-slurm`` for the jobs adaptive scaling submits later.
+    """
+    import dask
+
     try:
         from dask_jobqueue import SLURMCluster
     except ImportError as exc:
         raise ConfigError("cluster.kind: slurm needs dask-jobqueue (pip install "
                           "'tomopipe[hpc]')") from exc
+    # dask's config files spell keys with hyphens; ours must replace theirs, not sit beside them
+    ours = {k.replace("_", "-"): v for k, v in slurm_dask_config(cfg).items()}
+    merged = {**dask.config.get("jobqueue.slurm", {}), **ours}
+    dask.config.set({f"jobqueue.{JOBQUEUE_CONFIG}": merged})
     try:
-        cluster = SLURMCluster(**slurm_cluster_kwargs(cfg))
+        cluster = SLURMCluster(config_name=JOBQUEUE_CONFIG)
     except (RuntimeError, ValueError, OSError) as exc:  # the scheduler could not start here
         cause = exc.__cause__ or exc
         key = "cluster.interface" if "network interface" in str(cause) else "cluster"

@@ -122,6 +122,24 @@ def test_cpu_job_script_uses_plain_workers_and_no_gpu():
     assert "--nworkers 4" in script and "--nthreads 4" in script
 
 
+def test_facility_jobqueue_config_is_honoured_under_config_yaml():
+    """SLURM settings go through dask-jobqueue's own configuration: what a facility put in its
+    dask config (``jobqueue.slurm``) applies, and config.yaml's ``cluster:`` keys win over it."""
+    import dask
+
+    facility = {"jobqueue.slurm.shebang": "#!/bin/bash -l",
+                "jobqueue.slurm.job-directives-skip": ["-n 1"],
+                "jobqueue.slurm.queue": "debug"}
+    with dask.config.set(facility):
+        script = slurm_job_script(parse_cluster_config(SLURM))
+    assert script.splitlines()[0] == "#!/bin/bash -l"
+    directives = _sbatch_lines(script)
+    assert "#SBATCH -n 1" not in directives
+    assert "#SBATCH -p tomo-gpu" in directives and "#SBATCH -p debug" not in directives
+    # and nothing of it leaks into the next cluster once the facility's config is gone
+    assert slurm_job_script(parse_cluster_config(SLURM)).splitlines()[0] != "#!/bin/bash -l"
+
+
 def test_gpu_directive_is_not_doubled_when_given_explicitly():
     cfg = parse_cluster_config({**SLURM, "gpus_per_job": 1,
                                 "job_extra_directives": ["--gpus-per-node=1"]})
