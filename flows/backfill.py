@@ -69,7 +69,8 @@ def backfill(plan: str | None = None, since: str | None = None, until: str | Non
         out = volume_location(ctx.output_root, uid, recon).path
         busy = results.get(uid, {})
         if busy.get("state") in ("waiting", "running") and \
-                time.time() - busy.get("updated", 0) < BUSY_S:
+                time.time() - busy.get("updated", 0) < BUSY_S and \
+                not _flow_run_ended(busy.get("flow_run_id")):
             # a live flow (or another backfill) is on it: two writers on one volume lose data
             rows.append({"uid": uid, "state": "skipped", "message": "in progress elsewhere"})
             continue
@@ -99,6 +100,22 @@ def backfill(plan: str | None = None, since: str | None = None, until: str | Non
     _save_summary(ctx.home, summary)
     log.info("backfill: %s", summary)
     return summary
+
+
+def _flow_run_ended(flow_run_id: str | None) -> bool:
+    """True when the flow run a results row names is final in Prefect (crashed, say): its
+    "running" row is stale, and the run is not done. A run still "crashed" in the table is not
+    busy either, so the backfill takes it."""
+    if not flow_run_id:
+        return False
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(flow_run_id).state
+    except Exception:  # unknown to this server: leave the row's word standing
+        return False
+    return state is not None and state.is_final()
 
 
 def _save_summary(home: Path, summary: dict) -> None:
