@@ -142,8 +142,11 @@ def _collect(docs: Iterable) -> _Run:
             raise run.fault(f"{name} document is a {type(doc).__name__}, not a mapping", name)
         size = document_size(doc)
         if isinstance(size, str):
-            uid = doc.get("uid") if isinstance(doc.get("uid"), str) else "?"
-            raise run.fault(f"{name} document {uid[:64]} is {size}", name)
+            uid = str(doc.get("uid"))[:64] if isinstance(doc.get("uid"), str) else "?"
+            if name == "start" or run.start is None:  # the run is known by this start's uid
+                raise InputError(uid if name == "start" else run.uid,
+                                 f"the {name} document is {size}", name)
+            raise run.fault(f"{name} document {uid} is {size}", name)
         if name == "start":
             if run.start is not None and doc.get("uid") != run.start.get("uid"):
                 raise run.fault(f"documents of two runs mixed: also {doc.get('uid')}", "start")
