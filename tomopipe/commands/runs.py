@@ -13,7 +13,7 @@ def add_parser(subparsers) -> None:
         "runs", help="list runs and their reconstruction state",
         description="One line (or, with --json, one object) per tomography run of the catalog "
                     "and per file reconstructed: uid, plan_name, state (waiting, running, "
-                    "completed, failed), output volume and, when failed, the reason.")
+                    "completed, failed, crashed), output volume and, when failed, the reason.")
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.add_argument("--limit", type=int, default=None, help="only the newest N runs")
     p.set_defaults(func=run)
