@@ -20,6 +20,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+from tomopipe.tasks import run_progress
+
 log = logging.getLogger(__name__)
 
 STATES = ("waiting", "running", "completed", "failed", "crashed")
@@ -69,6 +71,7 @@ def record(home: Path, uid: str, state: str, *, plan_name: str | None = None,
                 row["output"] = kept["output"]
         db.execute(f"INSERT OR REPLACE INTO results ({', '.join(COLUMNS)}) VALUES "
                    f"({', '.join('?' * len(COLUMNS))})", tuple(row[c] for c in COLUMNS))
+        run_progress.note_state(db, uid, state, row["updated"])  # the run's timeline
     finally:
         db.close()
     return row

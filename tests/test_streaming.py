@@ -159,3 +159,39 @@ def test_stream_follows_a_golden_scan_and_publishes_the_one_shot_volume(tmp_path
     assert err < 1e-2, err
     assert zarr.open_group(str(out), mode="r")["1"].shape == \
         zarr.open_group(str(one_shot), mode="r")["1"].shape
+
+
+def test_runs_json_contract_timeline_always_live_while_running(tmp_path):
+    """The fields `tomopipe runs --json` gives scripts, from the real results database."""
+    from tomopipe.tasks import results_table, run_progress
+
+    from tomopipe.commands.runs import _entry
+
+    home = tmp_path / "home"
+    start, stop = {"plan_name": "tomo_scan", "time": 100.0}, {"exit_status": "success",
+                                                              "time": 160.0}
+    entry = _entry("u1", start, None, None, None)
+    assert entry["timeline"] == {"start": 100.0, "running": None, "stop": None,
+                                 "published": None}
+    assert entry["live"] is None
+    results_table.record(home, "u1", "waiting")
+    results_table.record(home, "u1", "running")
+    run_progress.record_live(home, "u1", 0.4, "/out/v.live.zarr", updated=150.0)
+    row, progress = results_table.read_one(home, "u1"), run_progress.read_all(home)["u1"]
+    entry = _entry("u1", start, None, row, progress)
+    assert entry["state"] == "running"
+    assert entry["live"] == {"fraction": 0.4, "updated": 150.0, "path": "/out/v.live.zarr"}
+    running = entry["timeline"]["running"]
+    assert running == pytest.approx(time.time(), abs=60)
+    results_table.record(home, "u1", "running")  # the same attempt: its start is kept
+    results_table.record(home, "u1", "completed", output="/out/v.zarr")
+    row, progress = results_table.read_one(home, "u1"), run_progress.read_all(home)["u1"]
+    entry = _entry("u1", start, stop, row, progress)
+    assert entry["live"] is None  # only while running
+    timeline = entry["timeline"]
+    assert timeline["running"] == running and timeline["stop"] == 160.0
+    assert timeline["published"] >= running
+    # a new attempt forgets the old publication and live record
+    results_table.record(home, "u1", "running")
+    progress = run_progress.read_all(home)["u1"]
+    assert progress["published"] is None and progress["live_path"] is None

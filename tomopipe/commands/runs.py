@@ -13,7 +13,9 @@ def add_parser(subparsers) -> None:
         "runs", help="list runs and their reconstruction state",
         description="One line (or, with --json, one object) per tomography run of the catalog "
                     "and per file reconstructed: uid, plan_name, state (waiting, running, "
-                    "completed, failed, crashed), output volume and, when failed, the reason.")
+                    "completed, failed, crashed), output volume and, when failed, the reason; "
+                    "with --json also timeline (start, running, stop, published) and, while a "
+                    "run streams, live (fraction, updated, path).")
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.add_argument("--limit", type=int, default=None, help="only the newest N runs")
     p.set_defaults(func=run)
@@ -22,12 +24,13 @@ def add_parser(subparsers) -> None:
 def list_runs(home: Path, limit: int | None = None) -> list[dict]:
     """Catalog runs (tomography only) joined with the results table, oldest first."""
     from tomopipe.context import run_context
-    from tomopipe.tasks import results_table
+    from tomopipe.tasks import results_table, run_progress
     from tomopipe.tasks.catalog import catalog_for
     from tomopipe.tasks.sources.bluesky_run import is_tomo_run
 
     ctx = run_context(home)
     results = results_table.read_all(ctx.home)
+    progress = run_progress.read_all(ctx.home)
     catalog = catalog_for(ctx)
     listed: list[dict] = []
     seen = set()
@@ -37,17 +40,22 @@ def list_runs(home: Path, limit: int | None = None) -> list[dict]:
         if not is_tomo_run(start, ctx.tomo_plans):
             continue
         seen.add(uid)
-        listed.append(_entry(uid, start, stop, results.get(uid)))
+        listed.append(_entry(uid, start, stop, results.get(uid), progress.get(uid)))
     for uid, row in results.items():  # files reconstructed by path
         if uid not in seen:
             listed.append({"uid": uid, "plan_name": row["plan_name"], "state": row["state"],
                            "output": row["output"], "message": row["message"], "time": None,
                            "scan_id": None, "sample": None, "exit_status": None,
-                           "updated": row["updated"]})
+                           "updated": row["updated"],
+                           "timeline": run_progress.timeline(None, None, progress.get(uid)),
+                           "live": run_progress.live(row["state"], progress.get(uid))})
     return listed[-limit:] if limit else listed
 
 
-def _entry(uid: str, start: dict, stop: dict | None, row: dict | None) -> dict:
+def _entry(uid: str, start: dict, stop: dict | None, row: dict | None,
+           progress: dict | None = None) -> dict:
+    from tomopipe.tasks import run_progress
+
     entry = {"uid": uid, "plan_name": start.get("plan_name"), "scan_id": start.get("scan_id"),
              "sample": start.get("sample"), "time": start.get("time"),
              "exit_status": (stop or {}).get("exit_status")}
@@ -60,6 +68,9 @@ def _entry(uid: str, start: dict, stop: dict | None, row: dict | None) -> dict:
     else:
         state, output, message = "waiting", None, None
     entry.update(state=state, output=output if state == "completed" else None, message=message)
+    # timeline: start, running, stop, published (Unix times); live: while a run streams
+    entry["timeline"] = run_progress.timeline(start, stop, progress)
+    entry["live"] = run_progress.live(state, progress)
     return entry
 
 
