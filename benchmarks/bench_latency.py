@@ -4,12 +4,13 @@ published (beyond the reconstruction's own time).
 Runs simulated scans through the running services of $TOMOPIPE_HOME (``tomopipe up`` first, or
 pass --up to start them here) and prints one JSON object per scan plus a summary:
 
-    .venv/bin/python benchmarks/bench_latency.py --size 256 --rows 256 --angles 360 --repeat 2
+    .venv/bin/python benchmarks/bench_latency.py --size 256 --rows 64 --angles 360 --repeat 5
 
 Times: the start/stop documents' own ``time`` fields, the flow run's ``start_time`` and the time
 it entered each state (``state_*_s``, from the start document) from the Prefect API, the result
 record's update time (written when the volume is published) and the engine's own
-reconstruction time from the result record.
+reconstruction time from the result record. ``standing_cluster`` says whether every slab ran
+in a worker of the home's standing Dask cluster (the volume's provenance lists the processes).
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def measure(home: Path, state: dict, *, size: int, rows: int, angles: int, fps: 
         "overhead_beyond_reconstruction_s": round(published - stop["time"] - recon_s, 3),
         "scan_s": round(stop["time"] - start["time"], 3),
         "flow_total_s": round(_ts(fr["end_time"]) - flow_start, 3),
+        "standing_cluster": on_standing_cluster(state, row["output"]),
         # where the start latency goes: bridge (write + emit), automation, worker + process
         "start_event_emitted_s": round(emitted.get("bluesky.run.start", t0) - t0, 3),
         "flow_run_created_s": round(_ts(fr["created"]) - t0, 3),
@@ -81,6 +83,24 @@ def measure(home: Path, state: dict, *, size: int, rows: int, angles: int, fps: 
         "stop_event_emitted_s": round(emitted.get("bluesky.run.stop", t1) - t1, 3),
         **{f"task_{name}_ends_after_stop_s": round(end - t1, 3) for name, end in tasks.items()},
     }
+
+
+def standing_workers(state: dict) -> set[int]:
+    """Pids of the worker processes of the home's standing Dask cluster."""
+    import psutil
+
+    pid = state.get("pids", {}).get("dask")
+    if not pid or not psutil.pid_exists(pid):
+        return set()
+    return {p.pid for p in psutil.Process(pid).children(recursive=True)}
+
+
+def on_standing_cluster(state: dict, volume: str) -> bool:
+    """True when every slab of ``volume`` was computed by the standing cluster's workers."""
+    from tomopipe.tasks.storage.omezarr import read_provenance
+
+    pids = set(read_provenance(volume).get("timings", {}).get("slab_pids") or [])
+    return bool(pids) and pids <= standing_workers(state)
 
 
 def _ledger_times(home: Path, uid: str) -> dict:
@@ -113,13 +133,15 @@ def _task_spans(api: str, flow_run_id: str) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=256, help="detector columns")
-    p.add_argument("--rows", type=int, default=256, help="detector rows")
+    p.add_argument("--rows", type=int, default=64, help="detector rows")
     p.add_argument("--angles", type=int, default=360)
     p.add_argument("--fps", type=float, default=None, help="frames per second (default: max)")
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--timeout", type=float, default=900.0)
     p.add_argument("--up", action="store_true", help="start the services of the home first")
     args = p.parse_args(argv)
+
+    from tomopipe.infra.state import read_services
 
     from tomopipe.config import home as default_home
     from tomopipe.config import load_settings
@@ -132,6 +154,7 @@ def main(argv=None) -> int:
         services.up(load_settings(home))
     ctx = run_context(home)
     state = {name: ctx.address(name) for name in ("prefect_api", "zmq_in")}
+    state["pids"] = (read_services(home) or {}).get("pids", {})  # the standing cluster's
     os.environ["PREFECT_API_URL"] = state["prefect_api"]
     results = []
     for _ in range(args.repeat):
@@ -144,7 +167,9 @@ def main(argv=None) -> int:
         summary = {k: round(statistics.median(r[k] for r in good), 3) for k in (
             "start_doc_to_flow_running_s", "stop_doc_to_published_s", "reconstruction_s",
             "overhead_beyond_reconstruction_s")}
-        print(json.dumps({"median": summary, "n": len(good)}))
+        ranges = {k: [min(r[k] for r in good), max(r[k] for r in good)] for k in summary}
+        print(json.dumps({"median": summary, "range": ranges, "n": len(good),
+                          "all_on_standing_cluster": all(r["standing_cluster"] for r in good)}))
     return 0 if len(good) == len(results) else 1
 
 
