@@ -56,6 +56,8 @@ bench: install
 	$(BIN)/python benchmarks/bench_backends.py
 	$(BIN)/python benchmarks/bench_engine.py
 	$(BIN)/python benchmarks/bench_mover.py
+	$(BIN)/python benchmarks/bench_write.py
+	$(BIN)/python benchmarks/bench_recon_command.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
