@@ -212,3 +212,42 @@ def test_every_sources_fields_are_checked_against_the_projections(split_files):
                                                        "/exchange/data_dark", (0, 5)),))
     with pytest.raises(InputError, match="dark frame 5 is named but the dataset has 2"):
         prepare_spec(beyond, ReconParams())
+
+
+def test_bluesky_run_flats_before_and_after_are_placed_by_event_time(tmp_path):
+    """A run whose flat stream has events before the first projection and after the last
+    (a real RunEngine, documents as emitted): the drift schedule comes from the event times,
+    and survives the ScanSpec's round trip through a dict (as flows pass it)."""
+    import math
+
+    from test_bluesky_source import ExchangeDetector, Motor, own_plan, run_plan
+    from tomopipe.tasks.sources.bluesky_run import scan_from_documents
+    from tomopipe.tasks.sources.spec import ScanSpec
+
+    root = tmp_path / "beamline"
+    det = ExchangeDetector("andor", root / "2026" / "scan.hdf")
+    angles = np.linspace(0, math.pi, 7, endpoint=False)
+    md = {"plan_name": "own", "tomo": {"rotation_key": "theta", "angle_units": "rad"}}
+    docs = run_plan(own_plan(det, Motor("theta", units="rad"), [], angles, md, n_flats=3))
+    spec = scan_from_documents(docs, [root])
+    assert spec.flat_positions == (-0.5,) * 3 + (6.5,) * 3
+    schedule = flat_schedule(ScanSpec.from_dict(spec.to_dict()))
+    assert schedule is not None and schedule.n_before == 3
+    np.testing.assert_allclose(schedule.weights(), (np.arange(7) + 0.5) / 7)
+
+
+def test_bluesky_run_with_flats_before_only_averages_them(tmp_path):
+    """The simulator's tomo_scan takes its flats before the projections only."""
+    from test_bluesky_source import Recorder
+    from tomopipe.infra.simulator.run import simulate
+    from tomopipe.tasks.sources.bluesky_run import scan_from_documents
+
+    from tomopipe.config import load_settings
+
+    settings = load_settings(tmp_path)
+    rec = Recorder()
+    simulate(settings, size=16, rows=2, angles=6, fps=None, sample="s", callbacks=[rec],
+             n_flats=2, n_darks=1, seed=1)
+    spec = scan_from_documents(rec.docs, settings.data_roots)
+    assert spec.flat_positions == (-0.5, -0.5)
+    assert flat_schedule(spec) is None

@@ -8,7 +8,11 @@ simulator):
   ``tomo_scan``).
 - Projections are in the stream ``primary``, flat fields in ``flat``, dark fields in ``dark``
   (``start["tomo"]["streams"]`` = {"projections": ..., "flats": ..., "darks": ...} may rename
-  them). Only the projections stream is required; flats and darks may be absent.
+  them). Only the projections stream is required; flats and darks may be absent. Flats and
+  darks may live in files of their own (each stream's StreamResources name them).
+- Flats taken before and after the projections (their events' ``time`` before the first
+  projection event and after the last) are told apart: each projection is then normalised with
+  the flat interpolated at its place in the scan (``ScanSpec.flat_positions``).
 - The detector image of a stream is its external data key (``external: "STREAM:"``, or a legacy
   ``FILESTORE:`` key); ``start["tomo"]["image_key"]`` picks one when a stream has several.
 - The rotation angle is the ``primary`` data key named by ``start["tomo"]["rotation_key"]``;
@@ -35,6 +39,7 @@ uid, the document and the fault.
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 from collections import defaultdict
@@ -434,6 +439,41 @@ def _angles_for(run: _Run, stream: str, desc_uids: set[str], key: str, factor: f
     return tuple(ordered)
 
 
+def _event_times(run: _Run, stream: str) -> list[tuple[int, float]]:
+    """(seq_num, time) of the stream's events, in seq_num order; [] when a time is missing."""
+    uids = {d["uid"] for d in _stream_descriptors(run, stream) if "uid" in d}
+    events = sorted((e for u in uids for e in run.events.get(u, [])),
+                    key=lambda e: e.get("seq_num", 0))
+    out = []
+    for e in events:
+        t = e.get("time")
+        if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
+            return []
+        out.append((e.get("seq_num", len(out) + 1), float(t)))
+    return out
+
+
+def _flat_positions(run: _Run, streams: Mapping, flats: list[_Frame]) -> tuple[float, ...] | None:
+    """When each flat frame was taken, in projection indices (ScanSpec.flat_positions), from the
+    event times of the flat and projection streams; None when they cannot say."""
+    if not flats:
+        return None
+    flat_events = _event_times(run, streams["flats"])
+    proj_times = sorted(t for _, t in _event_times(run, streams["projections"]))
+    if not flat_events or not proj_times:
+        return None
+    if all(f.seq_num >= 0 for f in flats):
+        by_seq = dict(flat_events)
+        if any(f.seq_num not in by_seq for f in flats):
+            return None
+        times = [by_seq[f.seq_num] for f in flats]
+    elif len(flat_events) == len(flats):  # one frame per event, in order
+        times = [t for _, t in flat_events]
+    else:
+        return None
+    return tuple(bisect.bisect_left(proj_times, t) - 0.5 for t in times)
+
+
 def _image_shape(run: _Run, info: Mapping, frames: list[_Frame], stream: str):
     shape = info.get("shape")
     dtype = info.get("dtype_numpy")
@@ -516,6 +556,7 @@ def scan_from_documents(docs: Iterable, data_roots: Iterable[str | Path], *,
         parts[role] = frames
 
     rows, cols, dtype = _image_shape(run, image_info, parts["projections"], proj_stream)
+    flat_positions = _flat_positions(run, streams, parts["flats"])
     pixel = tomo.get("pixel_size_um")
     stop = run.stop or {}
     for key in ("sample", "plan_name", "scan_id", "beamline", "beamline_id", "time"):
@@ -534,6 +575,7 @@ def scan_from_documents(docs: Iterable, data_roots: Iterable[str | Path], *,
         dtype=dtype,
         identity=run.uid,
         pixel_size_um=float(pixel) if isinstance(pixel, int | float) else None,
+        flat_positions=flat_positions,
         extra={
             "source": "bluesky",
             "plan_name": start.get("plan_name"),

@@ -93,6 +93,8 @@ def with_field_files(spec: ScanSpec, flats: Sequence[str] | None = None,
             changes[role] = sets
             files[role] = [f"{fs.path}:{fs.dataset}" for fs in sets]
     extra = {**spec.extra, "field_files": files}
+    if "flats" in changes:
+        changes["flat_positions"] = None  # the run's flat times are not those of the files
     if spec.extra.get("darks") and "darks" in changes:
         extra.pop("darks")  # no longer missing
     return dataclasses.replace(spec, extra=extra, **changes)
@@ -123,8 +125,12 @@ def flat_schedule(spec: ScanSpec) -> FlatSchedule | None:
     - Flats in the projections' own frame stack (NeXus image keys): their frame indices.
     - Two or more flat sets apart from the projections (``--flats`` given twice): the first
       set before the projections, the last after, each projection at its place in the scan.
-    Both orderings are frame indices, in the order the flats are read.
+    - A run's flat stream with flats before and after the projections (their event times):
+      ``spec.flat_positions``.
+    All three orderings count in frames, in the order the flats are read.
     """
+    if spec.flat_positions is not None:
+        return schedule_from_positions(spec.flat_positions, range(spec.n_angles))
     proj = spec.projections
     if len(proj) == 1 and proj[0].indices is not None:
         same = [fs for fs in spec.flats if (fs.path, fs.dataset) == (proj[0].path, proj[0].dataset)]

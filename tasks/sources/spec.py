@@ -35,6 +35,10 @@ class ScanSpec:
     dtype: str
     identity: str | None = None  # run uid or file checksum ("blake3:...")
     pixel_size_um: float | None = None
+    # When each flat frame was taken (in the order read), in projection indices: -0.5 before
+    # the first projection, k - 0.5 just before projection k; None when not known (then only
+    # frame indices in a shared stack can place flats before and after the projections).
+    flat_positions: tuple[float, ...] | None = None
     extra: dict = field(default_factory=dict, hash=False, compare=False)
 
     @property
@@ -68,9 +72,14 @@ class ScanSpec:
             dtype=d["dtype"],
             identity=d.get("identity"),
             pixel_size_um=d.get("pixel_size_um"),
+            flat_positions=_positions(d.get("flat_positions")),
             extra=d.get("extra", {}),
         )
 
 
 def _indices(value) -> tuple[int, ...] | None:
     return None if value is None else tuple(value)
+
+
+def _positions(value) -> tuple[float, ...] | None:
+    return None if value is None else tuple(float(v) for v in value)
