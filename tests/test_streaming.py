@@ -195,3 +195,43 @@ def test_runs_json_contract_timeline_always_live_while_running(tmp_path):
     results_table.record(home, "u1", "running")
     progress = run_progress.read_all(home)["u1"]
     assert progress["published"] is None and progress["live_path"] is None
+
+
+def test_runs_that_cannot_stream_say_why(tmp_path):
+    """Reconstruct-at-stop reasons, and the memory plan before the scan."""
+    from tomopipe.tasks.sources.spec import FrameSet, ScanSpec
+
+    from tomopipe.errors import PlanError
+
+    fs = FrameSet(str(tmp_path / "p.h5"), "/d")
+    spec = ScanSpec("run", (fs,), (fs,), (), (0.0,), 8, 64, "uint16")
+    planned = np.arange(180.0)
+    assert stream_refusal(ReconParams(), spec, planned, None) is None
+    cases = {
+        "FBP only": ReconParams(algorithm="sirt"),
+        "Fourier": ReconParams(backend="astra"),
+        "ring removal": ReconParams(rings="fw"),
+    }
+    for words, params in cases.items():
+        assert words in stream_refusal(params, spec, planned, None)
+    assert "declares no angles" in stream_refusal(ReconParams(), spec, None, None)
+    two_files = ScanSpec("run", (fs, fs), (fs,), (), (0.0, 1.0), 8, 64, "uint16")
+    assert "one file" in stream_refusal(ReconParams(), two_files, planned, None)
+    offset = stream_refusal(ReconParams(), spec, np.arange(0.0, 360.0, 0.5), 12.0)
+    assert "360-degree" in offset
+    # memory: 2048 running slices of 2048^2 do not fit 2 workers of 4 GiB
+    with pytest.raises(PlanError, match="streaming does not fit"):
+        plan_stream(2048, 2048, n_workers=2, memory_budget=4 * 2**30)
+    fits = plan_stream(128, 512, n_workers=2, memory_budget=4 * 2**30)
+    assert len(fits.blocks) <= 2 and fits.blocks[0][0] == 0 and fits.blocks[-1][1] == 128
+
+
+def test_early_center_waits_for_the_half_turn(tmp_path):
+    from tomopipe.tasks.recon.streaming import covers_half_turn
+    from tomopipe.tasks.sources.angle_plan import angle_sequence
+
+    golden = angle_sequence(720, "golden")
+    sequential = angle_sequence(720, "sequential")
+    first = next(k for k in range(16, 721) if covers_half_turn(golden[:k]))
+    assert first < 200  # a golden-ratio scan covers 180 degrees early
+    assert not covers_half_turn(sequential[:700]) and covers_half_turn(sequential)

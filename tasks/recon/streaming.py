@@ -409,20 +409,34 @@ class StreamRun:
         shutil.rmtree(self.pub.partial, ignore_errors=True)
 
 
-def early_center(spec: ScanSpec, params: ReconParams, planned_deg, n_landed: int) -> dict | None:
-    """The centre from the frames landed so far, once they cover the half-turn (every gap
-    under 2 degrees), else None. A given centre is used as is."""
+def frames_on_disk(frames: FrameSet) -> int:
+    """How many frames the (growing) dataset holds now."""
+    from tomopipe.tasks.sources.hdf5io import get_dataset, open_h5
+
+    with open_h5(frames.path) as f:
+        return int(get_dataset(f, frames.dataset, source=frames.path).shape[0])
+
+
+def covers_half_turn(angles_deg, max_gap_deg: float = 2.0) -> bool:
+    """Do these angles (folded into [0, 180)) leave no gap wider than ``max_gap_deg``?"""
+    angles = np.mod(np.asarray(angles_deg, dtype=np.float64), 180.0)
+    if angles.size < 16:
+        return False
+    s = np.sort(angles)
+    return float(np.diff(np.concatenate([s, [s[0] + 180.0]])).max()) <= max_gap_deg
+
+
+def early_center(spec: ScanSpec, params: ReconParams, planned_deg, n_landed: int, *,
+                 require_cover: bool = True) -> dict | None:
+    """The centre from the first ``n_landed`` frames once they cover the half-turn
+    (``covers_half_turn``), else None. A given centre is used as is."""
     from tomopipe.tasks.recon import engine
 
     rows = engine.resolve_rows(spec, params)
     if params.center != "auto":
         return engine.find_center(spec, params, rows)
-    angles = np.mod(np.asarray(planned_deg[:n_landed], dtype=np.float64), 180.0)
-    if angles.size < 16:
-        return None
-    s = np.sort(angles)
-    gaps = np.diff(np.concatenate([s, [s[0] + 180.0]]))
-    if gaps.max() > 2.0:
+    n_landed = min(int(n_landed), len(planned_deg))
+    if n_landed < 1 or (require_cover and not covers_half_turn(planned_deg[:n_landed])):
         return None
     fs = spec.projections[0]
     partial = dataclasses.replace(spec, projections=(FrameSet(fs.path, fs.dataset,

@@ -1,0 +1,41 @@
+"""Streaming inside the live flow: the volume grows while the scan runs, and at the stop only
+the last frames, the pyramid and the publish remain.
+
+``stream_scan`` returns None when the run cannot stream (the reason is logged), and the live
+flow then follows the run and reconstructs it at the stop as before. Backfill and single runs
+never stream: their runs are complete.
+"""
+
+from __future__ import annotations
+
+from prefect import get_run_logger
+from tomopipe.flows.pipeline import default_compute, results_back
+from tomopipe.tasks.recon_tasks import publish, recon_params
+from tomopipe.tasks.storage.location import volume_location
+from tomopipe.tasks.stream_tasks import stream_run
+
+from tomopipe.context import RunContext
+
+
+def stream_scan(ctx: RunContext, uid: str, *, params: dict | None = None,
+                workers: int | None = None, scheduler: str | None = None,
+                positions: dict | None = None, poll_s: float = 0.25,
+                idle_timeout_s: float = 600.0) -> dict | None:
+    """Stream run ``uid`` and publish its volume; None when it cannot stream."""
+    recon = recon_params(ctx.settings, params)
+    out = volume_location(ctx.output_root, uid, recon).path
+    out.parent.mkdir(parents=True, exist_ok=True)
+    workers, scheduler = default_compute(ctx, workers, scheduler)
+    result = stream_run(uid, ctx, recon, str(out), workers=workers, scheduler=scheduler,
+                        positions=positions, poll_s=poll_s, idle_timeout_s=idle_timeout_s)
+    if not result.get("streamed"):
+        get_run_logger().info("run %s is reconstructed at the stop: %s", uid, result["reason"])
+        return None
+    timings = result["timings"]
+    figures = {"stream_last_batch_s": timings["last_batch_s"],
+               "stream_publish_s": timings["publish_s"],
+               "stream_batches": timings["batches"],
+               "stream_largest_batch": timings["largest_batch"]}
+    published = publish(ctx, uid, result.get("plan_name"), result, recon, figures)
+    return {**published, "live_path": result["live_path"],
+            **results_back(ctx, published["output"], uid)}

@@ -1,0 +1,208 @@
+"""The Prefect task of a streaming run: the volume grows on the Dask workers while the scan runs.
+
+``stream_run`` waits for the run's first projection, decides whether the run can stream (else
+returns the reason, and the flow reconstructs at the stop as before), finds the centre from the
+first frames that cover the half-turn (or takes the given one), starts one block per worker
+(``tasks.recon.streaming``) and then, until the stop document, shows the live views:
+
+- in the run's live OME-Zarr group ``<volume>.live.zarr`` (the workers write it);
+- in the Prefect UI: a progress artifact (fraction of the angles, frames in, lag) and an image
+  artifact of the three slices (a ``data:image/png`` URL), both at most once a second;
+- in ``tomopipe runs --json`` (``live``: fraction, updated, path).
+
+At the stop it lets the workers add the last frames and write their shards, and returns the
+published volume's result for the flow's ``publish`` task.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+
+from prefect import get_run_logger, task
+from prefect.artifacts import (
+    create_image_artifact,
+    create_progress_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+from tomopipe.tasks import run_progress
+from tomopipe.tasks.catalog import catalog_for, run_documents, run_metadata
+from tomopipe.tasks.recon.params import ReconParams
+from tomopipe.tasks.run_tasks import RunFailed
+
+from tomopipe.context import RunContext
+from tomopipe.errors import InputError, PlanError
+
+MIN_PNG_PX = 256
+
+
+def live_png_data_url(views: dict) -> str:
+    """The three live views side by side as a PNG ``data:`` URL (for the UI's image artifact)."""
+    from PIL import Image
+    from tomopipe.tasks.preview import preview_image
+
+    image = preview_image([views["xy"], views["xz"], views["yz"]])
+    pil = Image.fromarray(image)
+    scale = max(1, MIN_PNG_PX // max(1, image.shape[0]))
+    if scale > 1:
+        pil = pil.resize((image.shape[1] * scale, image.shape[0] * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
+    return f"data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"
+
+
+def _artifact_key(uid: str) -> str:
+    text = "".join(c if c.isalnum() else "-" for c in uid.lower())
+    return ("live-" + text.strip("-"))[:60].rstrip("-")
+
+
+def _wait_for_projections(catalog, uid, ctx, poll_s, idle_timeout_s):
+    """(start document, partial ScanSpec) once the run's first projection is recorded; None
+    when the run stops first."""
+    from tomopipe.tasks.sources.bluesky_run import scan_from_documents
+
+    deadline = time.monotonic() + idle_timeout_s
+    while time.monotonic() < deadline:
+        try:
+            run = catalog[uid]
+        except KeyError:
+            time.sleep(poll_s)
+            continue
+        start, stop = run_metadata(run)
+        if stop:
+            return start, None
+        try:
+            spec = scan_from_documents(run_documents(run), ctx.data_roots,
+                                       tomo_plans=ctx.tomo_plans)
+        except InputError:
+            spec = None  # no projection yet (or not yet every stream): look again
+        if spec is not None and spec.n_angles > 0:
+            return start, spec
+        time.sleep(poll_s)
+    raise RunFailed(f"run {uid}: no projection within {idle_timeout_s:.0f} s")
+
+
+@task(name="stream-run", cache_policy=NO_CACHE)
+def stream_run(uid: str, ctx: RunContext, params: ReconParams, out: str, *,
+               workers: int | None = None, scheduler: str | None = None,
+               positions: dict | None = None, poll_s: float = 0.25,
+               idle_timeout_s: float = 600.0, ui_every_s: float = 1.0) -> dict:
+    """Stream run ``uid`` into ``out``. Returns ``{"streamed": False, "reason": ...}`` when it
+    cannot (the flow then reconstructs at the stop), else the published volume's result with
+    ``streamed: True``. Raises RunFailed when the run ends other than successfully."""
+    import numpy as np
+    from tomopipe.infra.cluster import dask_client
+    from tomopipe.tasks.recon import streaming
+    from tomopipe.tasks.recon.engine import _budget
+    from tomopipe.tasks.recon_tasks import record_state
+    from tomopipe.tasks.sources.angle_plan import planned_angles_deg
+    from tomopipe.tasks.sources.bluesky_run import scan_from_documents
+    from tomopipe.tasks.transfer.sites import load_transfer_config
+
+    log = get_run_logger()
+    if load_transfer_config(ctx.settings).transfer.destination:
+        return {"streamed": False, "reason": "the data are moved before reconstruction "
+                "(transfer.destination): reconstructed at the stop"}
+    catalog = catalog_for(ctx)
+    start, spec = _wait_for_projections(catalog, uid, ctx, poll_s, idle_timeout_s)
+    if spec is None:
+        return {"streamed": False, "reason": "the run stopped before its first projection"}
+    planned = planned_angles_deg(start.get("tomo"))
+    center_given = None if params.center == "auto" else float(params.center)
+    reason = streaming.stream_refusal(params, spec, planned, center_given)
+    if reason:
+        log.info("run %s is reconstructed at the stop: %s", uid, reason)
+        return {"streamed": False, "reason": reason}
+
+    with dask_client(scheduler=scheduler, workers=workers) as client:
+        n_workers, budget = _budget(client, None)
+        rows = (params.rows[1] - params.rows[0]) if params.rows else spec.n_rows
+        try:
+            splan = streaming.plan_stream(
+                rows, spec.n_cols, n_workers=n_workers, memory_budget=budget,
+                raw_itemsize=np.dtype(spec.dtype).itemsize,
+                n_flats_darks=sum(len(fs.indices or ()) for fs in spec.flats + spec.darks))
+        except PlanError as exc:
+            log.warning("run %s is reconstructed at the stop: %s", uid, exc)
+            return {"streamed": False, "reason": str(exc)}
+
+        artifact = create_progress_artifact(0.0, key=None,
+                                            description=f"live reconstruction of run {uid}")
+        center = None
+        while center is None:  # the first frames that cover the half-turn
+            landed = streaming.frames_on_disk(spec.projections[0])
+            center = streaming.early_center(spec, params, planned, landed)
+            if center is None:
+                if run_metadata(catalog[uid])[1]:
+                    break  # stopped before covering the half-turn: centre from all of it
+                update_progress_artifact(artifact, 0.0, description=(
+                    f"{landed} frames landed; waiting for them to cover 180 degrees to find "
+                    "the centre"))
+                time.sleep(poll_s)
+        if center is None:
+            landed = streaming.frames_on_disk(spec.projections[0])
+            center = streaming.early_center(spec, params, planned, landed, require_cover=False)
+        log.info("run %s streams on %d workers in blocks of %d rows; centre %.2f (%s)", uid,
+                 len(splan.blocks), splan.chunk_plan.slab_rows, center["value"],
+                 center["method"])
+        run = streaming.StreamRun.begin(client, spec, params, out, planned_deg=planned,
+                                        center=center, stream_plan=splan,
+                                        positions=positions,
+                                        extra_provenance={"run_uid": uid})
+        record_state(ctx, uid, "running", plan_name=start.get("plan_name"))
+        try:
+            stop = _follow(run, catalog, uid, ctx, artifact, poll_s, ui_every_s,
+                           idle_timeout_s)
+            status = stop.get("exit_status")
+            if status != "success":
+                reason = stop.get("reason") or "no reason given"
+                raise RunFailed(f"run {uid} ended with exit_status {status!r}: {reason}")
+            final = scan_from_documents(run_documents(catalog[uid]), ctx.data_roots,
+                                        tomo_plans=ctx.tomo_plans)
+            result = run.finish(final.n_angles, recorded_deg=final.angles_deg)
+        except BaseException as exc:
+            run.abort(str(exc) or type(exc).__name__)
+            raise
+    update_progress_artifact(artifact, 100.0, description=(
+        f"published {result['output']}: {result['timings']['n_frames']} frames, last batch "
+        f"and publish {result['timings']['last_batch_s'] + result['timings']['publish_s']:.2f}"
+        " s after the stop reached the flow"))
+    return {**result, "streamed": True, "live_path": str(run.live),
+            "plan_name": start.get("plan_name")}
+
+
+def _follow(run, catalog, uid, ctx, artifact, poll_s, ui_every_s, idle_timeout_s) -> dict:
+    """Show the live figures until the stop document; returns it."""
+    from tomopipe.tasks.storage.live_views import read_views
+
+    last_ui, last_change, last_in = 0.0, time.monotonic(), -1
+    key = _artifact_key(uid)
+    while True:
+        live = run.poll()
+        now = time.monotonic()
+        if live["frames_in"] != last_in:
+            last_in, last_change = live["frames_in"], now
+        if now - last_ui >= ui_every_s:
+            last_ui = now
+            run_progress.record_live(ctx.home, uid, live["fraction"], str(run.live),
+                                     updated=live["updated"])
+            update_progress_artifact(artifact, 100.0 * live["fraction"], description=(
+                f"{live['frames_in']} of {live['frames_landed']} landed frames in the live "
+                f"views ({100 * live['fraction']:.0f} % of the angles); lag "
+                f"{live['lag']} frames"))
+            if live["frames_in"]:
+                create_image_artifact(live_png_data_url(read_views(run.live)), key=key,
+                                      description=f"live slices of run {uid}: "
+                                                  f"{100 * live['fraction']:.0f} % of the angles")
+        try:
+            stop = run_metadata(catalog[uid])[1]
+        except KeyError:  # the bridge is rebuilding the run after a restart
+            stop = None
+        if stop:
+            return stop
+        if now - last_change > idle_timeout_s:
+            raise RunFailed(f"run {uid}: nothing new for {idle_timeout_s:.0f} s and no stop "
+                            f"document ({last_in} frames in)")
+        time.sleep(poll_s)
