@@ -152,3 +152,19 @@ def test_cli_phase_retrieval_runs_and_is_recorded(scan_without_pixel_size, tmp_p
                          str(tmp_path / "p.zarr"), "--pixel-size", "1.0", "--center", "32",
                          "--workers", "0", "--json", "--no-progress")
     assert json.loads(plain.stdout)["key"] != result["key"]  # the phase options enter the key
+
+
+def test_center_search_applies_phase_retrieval(scan_without_pixel_size, tmp_path):
+    import json
+
+    import tifffile
+
+    common = ("recon", str(scan_without_pixel_size), "--center-search", "31:32:1",
+              "--pixel-size", "1.0", "--json")
+    plain = tomopipe_cli(*common, "--out", str(tmp_path / "plain"))
+    phase = tomopipe_cli(*common, "--out", str(tmp_path / "phase"), "--phase", "paganin",
+                         "--energy", "20", "--distance", "100", "--delta-beta", "100")
+    assert plain.returncode == 0 and phase.returncode == 0, phase.stderr
+    a = tifffile.imread(json.loads(plain.stdout)["files"][0])
+    b = tifffile.imread(json.loads(phase.stdout)["files"][0])
+    assert a.shape == b.shape and np.abs(a - b).max() > 0.1 * np.abs(a).max()
