@@ -198,3 +198,22 @@ def test_recon_without_services_runs_slab_threads_in_its_own_process(scan_file, 
     assert "standing" not in stderr
     result = json.loads(stdout)
     assert result["timings"]["slab_pids"] == [proc.pid]  # no worker processes were started
+
+
+@pytest.mark.parametrize("cluster, keys", [
+    ({}, {"dask_scheduler": "tcp://127.0.0.1:8786",
+          "dask_dashboard": "http://127.0.0.1:8787/status"}),
+    ({"kind": "address", "address": "tcp://10.0.0.5:8786"},
+     {"dask_scheduler": "tcp://10.0.0.5:8786"}),
+    ({"kind": "slurm", "cores": 4, "memory": "8GB"}, {}),
+])
+def test_what_up_stands_up_follows_the_cluster_kind(tmp_path, cluster, keys):
+    """local: this service and its addresses; address: the configured scheduler, nothing
+    started; slurm: nothing standing (each run submits its own adaptive jobs)."""
+    from tomopipe.config import load_settings
+
+    if cluster:
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump({"cluster": cluster}))
+    settings = load_settings(tmp_path)
+    assert dask_service.standing_kind(settings) == cluster.get("kind", "local")
+    assert dask_service.state_keys(settings, 8786, 8787) == keys
