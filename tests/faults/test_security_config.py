@@ -114,6 +114,7 @@ def prefect_with_auth(tmp_path_factory):
         log.close()
 
 
+@pytest.mark.timeout(600)  # a Prefect server's start on a busy machine
 def test_prefect_refuses_clients_without_the_auth_string(prefect_with_auth):
     api, _ = prefect_with_auth
     assert httpx.get(f"{api}/health", timeout=10).is_success  # probes stay open
@@ -137,6 +138,7 @@ def _bootstrap(api: str, home: Path, auth: str | None) -> subprocess.CompletedPr
                           timeout=240, cwd=REPO)
 
 
+@pytest.mark.timeout(600)  # a Prefect server's start on a busy machine
 def test_bootstrap_registers_with_the_auth_string_and_names_it_when_missing(prefect_with_auth):
     api, base = prefect_with_auth
     refused = _bootstrap(api, base / "home-no-auth", None)
@@ -171,6 +173,7 @@ def _home_processes(state: dict) -> list[psutil.Process]:
     return list(procs.values())
 
 
+@pytest.mark.timeout(900)  # the session's `tomopipe up` on a busy 2-core machine
 def test_every_embedded_service_listens_on_loopback_only(services):
     procs = _home_processes(services)
     names = set(services["pids"])
