@@ -9,10 +9,11 @@ that names the input and the fault.
 Where the rows come from:
 
 - **service faults** (tests/faults/test_bus.py, test_burst.py, test_documents.py,
-  test_worker_killed.py): real services in a temporary home of their own, started and broken by
-  the tests, which measure their rows (tests/faults/fault_support.py ``matrix_row``) and assert
-  the targets. This script runs them with pytest and collects the rows they write
-  (TOMOPIPE_FAULT_ROWS). A test that fails before it measures shows as a row with its failure.
+  test_services_killed.py, test_worker_killed.py): real services in a temporary home of their
+  own, started and broken by the tests, which measure their rows (tests/faults/fault_support.py
+  ``matrix_row``) and assert the targets. This script runs them with pytest and collects the
+  rows they write (TOMOPIPE_FAULT_ROWS). A test that fails before it measures shows as a row
+  with its failure.
 - **a Dask worker killed mid-slab**: the compute engineer's test, run when it exists (by name,
   ``DASK_KILL_TEST``); it asserts its own targets, so its row says whether it passed.
 - **bad files and hostile documents**: ``benchmarks/faults_input.py`` ``cases()``, when present.
@@ -38,6 +39,7 @@ SERVICE_CASES = {
     "bus": "tests/faults/test_bus.py",
     "burst": "tests/faults/test_burst.py",
     "documents": "tests/faults/test_documents.py",
+    "services": "tests/faults/test_services_killed.py",
     "worker": "tests/faults/test_worker_killed.py",
 }
 DASK_KILL_TEST = "test_dask_worker_killed"  # the compute engineer's test function, by name

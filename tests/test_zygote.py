@@ -244,3 +244,37 @@ def test_the_zygote_stops_with_the_process_that_started_it(probe_dir, tmp_path):
         assert time.monotonic() < deadline, "the zygote outlived its parent"
         time.sleep(0.05)  # (a zombie is done: its new parent reaps it)
     assert not sock.exists()
+
+
+def test_a_client_whose_worker_dies_stops_its_run_and_leaves_a_record(zygote, probe_dir,
+                                                                       tmp_path):
+    """The worker SIGKILLed: the kernel sends its client SIGTERM (PR_SET_PDEATHSIG), which the
+    child gets as a cancellation; the launch record names both processes for crash recovery."""
+    import json
+
+    _, sock = zygote
+    out = tmp_path / "client.out"
+    env = {**base_env(probe_dir, sock), "PROBE_MODE": "wait", "TOMOPIPE_HOME": str(tmp_path),
+           "PREFECT__FLOW_RUN_ID": "run-1"}
+    worker = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys, time\n"
+         f"c = subprocess.Popen([sys.executable, '-m', 'tomopipe.infra.zygote_client'], "
+         f"stdout=open({str(out)!r}, 'w'), stdin=subprocess.PIPE)\n"
+         "print(c.pid, flush=True)\ntime.sleep(600)"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True)
+    client_pid = int(worker.stdout.readline())
+    deadline = time.monotonic() + 60
+    while "READY" not in (out.read_text() if out.exists() else ""):
+        assert time.monotonic() < deadline, "the probe never got ready"
+        time.sleep(0.05)
+    pid = child_pid(fields(out.read_text()))
+    record = json.loads((tmp_path / "flow-runs" / "run-1.json").read_text())
+    assert record["flow_run_id"] == "run-1"
+    assert [p for p, _ in record["processes"]] == [client_pid, pid]
+    worker.kill()
+    worker.wait(10)
+    assert gone(client_pid, 15) and gone(pid, 15)
+    assert "TERM" in out.read_text(), "the child was asked to stop, not left running"
+    from tomopipe.infra.zygote_client import start_ticks
+
+    assert all(start_ticks(p) is None for p, _ in record["processes"])
