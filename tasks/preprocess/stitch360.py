@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import ndimage
 from tomopipe.tasks.preprocess._validate import ArrayInputError, as_angles, as_array, require_finite
 
 # An axis further than this fraction of the row from the middle is "off-centre": the scan is
@@ -27,6 +28,7 @@ from tomopipe.tasks.preprocess._validate import ArrayInputError, as_angles, as_a
 OFFSET_FRACTION = 0.1
 MIN_OVERLAP_PX = 8  # the half-turns must share this many columns for the axis to be found
 SEARCH_MAX_COLS = 256  # the coarse axis search bins columns down to at most this many
+SMOOTH_MIN_PX, SMOOTH_PER_COLS = 2.0, 256  # Gaussian sigma max(2, cols / 256) before comparing
 SEARCH_MAX_PAIRS = 90  # frame pairs per quarter-turn used by the axis search
 AGREEMENT_SCALE_PX = 1.0  # confidence = exp(-d^2 / 2) for a disagreement of d pixels, as centre
 
@@ -142,7 +144,7 @@ def _best_axis(a: np.ndarray, b: np.ndarray, lo: float, hi: float, step: float) 
         ab, bb = _bin_columns(a, f), _bin_columns(b, f)
         lo_b = max((lo - (f - 1) / 2) / f, (MIN_OVERLAP_PX - 1) / 2)
         hi_b = min((hi - (f - 1) / 2) / f, ab.shape[-1] - 1 - (MIN_OVERLAP_PX - 1) / 2)
-        coarse = search(ab, bb, np.arange(lo_b, hi_b + 1e-9, 0.5))
+        coarse = search(ab, bb, np.arange(lo_b, hi_b + 1e-9, 1.0))
         centre = f * coarse + (f - 1) / 2
         lo, hi = max(lo, centre - 2 * f), min(hi, centre + 2 * f)
     best = search(a, b, np.arange(lo, hi + 1e-9, 1.0))
@@ -160,11 +162,11 @@ def find_axis_360(sinos, angles_rad, *, step: float = 0.25) -> AxisEstimate:
 
     Every axis position from the row's edge to its other edge is tried (keeping at least
     MIN_OVERLAP_PX shared columns): the frames of the first half-turn are compared with the
-    frames 180 degrees later mirrored about it, on the columns both see; the least mean squared
-    difference of their gradients, normalised by their energy, wins. The search runs on the
-    two halves of the pairs (first and second quarter-turns) separately: they are independent
-    estimates, averaged for the value, and their disagreement d gives the confidence
-    exp(-d^2/2) (``center.auto_center``'s formula).
+    frames 180 degrees later mirrored about it, on the columns both see (the band's mean
+    sinogram, smoothed along the row); the least ``_mismatch`` of their gradients wins. The
+    search runs on the two halves of the pairs (first and second quarter-turns) separately:
+    they are independent estimates, averaged for the value, and their disagreement d gives the
+    confidence exp(-d^2/2) (``center.auto_center``'s formula).
     """
     arr = as_array(sinos, "sinos", (3,), "3-D (rows, angles, cols)")
     require_finite(arr, "sinos")
@@ -177,6 +179,10 @@ def find_axis_360(sinos, angles_rad, *, step: float = 0.25) -> AxisEstimate:
         raise ArrayInputError("sinos", f"has {w} columns: too few to find an axis")
     i, j = half_turn_pairs(angles)
     band = arr.mean(axis=0, dtype=np.float64)  # the band's mean sinogram: less noise
+    # Gradients of raw rows are mostly photon noise on wide detectors; a Gaussian along the
+    # row (which moves nothing) keeps the object's edges and drops the noise.
+    band = ndimage.gaussian_filter1d(band, max(SMOOTH_MIN_PX, w / SMOOTH_PER_COLS), axis=-1,
+                                     mode="nearest")
     a, b = band[i], band[j]
     lo, hi = (MIN_OVERLAP_PX - 1) / 2, w - 1 - (MIN_OVERLAP_PX - 1) / 2
     half = i.size // 2
