@@ -166,3 +166,17 @@ def test_given_axis_off_centre_is_stitched_too(offset_file, tmp_path):
     result = json.loads(proc.stdout)
     width = stitched_width(AXIS, DETECTOR)
     assert result["shape"] == [2, width, width] and result["center_method"] == "given"
+
+
+def test_axis_near_the_left_edge():
+    """The mirror case: the axis 30 px from the detector's left edge."""
+    scan = make_offset_axis_scan(DETECTOR, 3, 720, axis=29.7, object_width=OBJECT)
+    sinos = sinograms(scan)
+    angles = np.radians(scan["angles_deg"])
+    est = find_axis_360(sinos, angles)
+    assert abs(est.value - 29.7) <= 0.3 and est.confidence > 0.8
+    stitched, half, centre = stitch_half_turns(sinos, angles, est.value)
+    volume = get_backend("fourier", "fbp", nthreads=1).reconstruct(stitched, half, centre)
+    assert volume.shape == scan["truth"].shape
+    ratios = material_ratios(volume, scan["truth"], rows=(1,))
+    assert len(ratios) >= 3 and max(abs(r - 1) for r in ratios.values()) < 0.03, ratios
