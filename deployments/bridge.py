@@ -114,11 +114,12 @@ class Bridge:
         if uid in self._ignored:
             return
         if name == "start":
+            if uid in self._starts:
+                return  # the same start again while its run is open: a duplicate document
             # a run seen before is ignored; without a writer of our own, a start already
             # reconciled from the facility's catalog is taken up (its events stay single)
             writes = getattr(self.writer, "catalog", None) is not None
-            if uid in self._starts or self.ledger.has(uid, STOP) or (
-                    writes and self.ledger.has(uid, START)):
+            if self.ledger.has(uid, STOP) or (writes and self.ledger.has(uid, START)):
                 log.info("run %s was sent again: ignored", uid)
                 self._ignored.add(uid)
                 return
