@@ -121,6 +121,18 @@ def test_a_run_sent_twice_is_handled_once(tmp_path):
     assert rec2.calls == []
 
 
+def test_every_document_twice_while_the_run_is_open_is_one_run(tmp_path):
+    """A repeated start must not make the bridge drop the rest of its run as 'sent again'."""
+    rec = Recorder()
+    bridge = _bridge(tmp_path, rec)
+    for name, doc in _docs():
+        bridge.handle(name, doc)
+        bridge.handle(name, doc)
+    writes = [c[1] for c in rec.calls if c[0] == "write"]
+    assert writes == ["start", "descriptor", "stream_resource", "stream_datum", "event", "stop"]
+    assert [c[1] for c in rec.calls if c[0] == "emit"] == [START, STOP]
+
+
 def test_restart_resumes_an_open_run_from_the_journal(tmp_path):
     docs = _docs()
     rec = Recorder()
