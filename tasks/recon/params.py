@@ -74,10 +74,12 @@ class ReconParams:
             if value is not None and not (_finite_number(value) and value > 0):
                 self._refuse(name, "a positive number, or unset")
             if self.phase == "paganin" and value is None:
-                self._refuse(name, "a positive number with phase 'paganin' "
-                             "(energy_kev, distance_mm and delta_beta are all needed)")
+                self._refuse(name, "a positive number with phase 'paganin' (energy_kev, "
+                             "distance_mm and delta_beta are all needed: --energy KEV "
+                             "--distance MM --delta-beta RATIO)")
             if self.phase == "none" and value is not None:
-                self._refuse(name, "unset without phase retrieval (set phase: paganin)")
+                self._refuse(name, "unset without phase retrieval (set phase: paganin, "
+                             "--phase paganin)")
         for name in ("flats", "darks"):
             value = getattr(self, name)
             if isinstance(value, str):  # one file given as a plain string (config.yaml, the UI)
