@@ -168,3 +168,26 @@ def test_center_search_applies_phase_retrieval(scan_without_pixel_size, tmp_path
     a = tifffile.imread(json.loads(plain.stdout)["files"][0])
     b = tifffile.imread(json.loads(phase.stdout)["files"][0])
     assert a.shape == b.shape and np.abs(a - b).max() > 0.1 * np.abs(a).max()
+
+
+def test_the_planner_counts_the_halo_rows(scan_without_pixel_size, tmp_path):
+    """Phase retrieval reads rows beyond each slab: the chunk plan's memory estimate grows by
+    exactly those rows (raw frames and two float32 copies)."""
+    import zarr
+    from tomopipe.tasks.recon.engine import reconstruct
+    from tomopipe.tasks.recon.slab_inputs import halo_bytes
+    from tomopipe.tasks.sources import open_scan
+
+    spec = open_scan(scan_without_pixel_size, checksum=False)
+    phase = ReconParams(phase="paganin", energy_kev=20.0, distance_mm=100.0, delta_beta=100.0,
+                        pixel_size_um=1.0, center=32.0)
+    plain = ReconParams(pixel_size_um=1.0, center=32.0)
+    extra = halo_bytes(spec, phase)
+    assert extra > 0 and halo_bytes(spec, plain) == 0
+    plans = []
+    for name, params in (("phase", phase), ("plain", plain)):
+        reconstruct(spec, params, tmp_path / f"{name}.zarr", workers=0)
+        prov = zarr.open_group(str(tmp_path / f"{name}.zarr"), mode="r").attrs["tomopipe"]
+        plans.append(prov["plan"])
+    assert plans[0]["slab_rows"] == plans[1]["slab_rows"]
+    assert plans[0]["est_bytes_per_slab"] - plans[1]["est_bytes_per_slab"] == extra

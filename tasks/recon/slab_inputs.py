@@ -59,6 +59,16 @@ def load_slab(spec: ScanSpec, rows: tuple[int, int], params: ReconParams) -> Sla
                       {"pixel_size_um": px, "schedule": flat_schedule(spec), "halo": halo})
 
 
+def halo_bytes(spec: ScanSpec, params: ReconParams) -> int:
+    """Memory a slab needs beyond its own rows: the halo rows phase retrieval reads above and
+    below it, as raw frames and two float32 copies (for the chunk planner's overhead)."""
+    margin = phase_margin(params, pixel_size_of(spec, params))
+    if not margin:
+        return 0
+    per_row = spec.n_angles * spec.n_cols * (np.dtype(spec.dtype).itemsize + 2 * 4)
+    return int(2 * min(margin, spec.n_rows) * per_row)
+
+
 def science_provenance(spec: ScanSpec, params: ReconParams, center: float) -> dict:
     """The flat-field drift, field files, phase retrieval and 360-degree stitching applied."""
     angles = np.deg2rad(np.asarray(spec.angles_deg, dtype=np.float64))
