@@ -369,7 +369,9 @@ def _reconstruct(spec, params, out, pub, key, rows, shape, px, backend, timings,
     with _executor(client, scheduler, workers, memory_limit, threads) as dask:
         timings["cluster_s"] = time.perf_counter() - t
         t = time.perf_counter()
+        from tomopipe.tasks.recon.planning import DEFAULT_OVERHEAD
         from tomopipe.tasks.recon.slab import output_width
+        from tomopipe.tasks.recon.slab_inputs import halo_bytes
 
         if pub.state == "resume":
             center = pub.job["center"]
@@ -394,6 +396,7 @@ def _reconstruct(spec, params, out, pub, key, rows, shape, px, backend, timings,
                 memory_budget=budget, n_workers=n_workers, levels=levels,
                 n_flats_darks=_n_frames(spec.flats) + _n_frames(spec.darks),
                 gpu_memory=gpu_mem, max_slab_rows=max_slab_rows,
+                overhead=DEFAULT_OVERHEAD + halo_bytes(spec, params),  # phase retrieval's rows
             )
             provenance = _provenance(spec, params, key, rows, center, backend_name,
                                      backend_device, px, chunk_plan, shape, extra_provenance)
