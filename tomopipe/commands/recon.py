@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from tomopipe.errors import ConfigError, InputError, PlanError
@@ -213,6 +214,10 @@ def run(args) -> int:
     if args.scheduler and args.workers is not None:
         raise ConfigError("--scheduler and --workers: give one (a running cluster has its "
                           "own workers)")
+    # Local Dask workers are processes that inherit this environment. A slab's error is logged
+    # by its worker (a multi-line "Compute Failed") before it is raised here as the one line a
+    # user sees, and a closing cluster may print heartbeat traces: only critical Dask logs.
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical")
     spec = open_scan(args.source, data_path=args.data_path, image_key_path=args.image_key_path,
                      angles_path=args.angles_path, pixel_size_um=args.pixel_size,
                      checksum=args.center_search is None, require_flats=not args.flats)
