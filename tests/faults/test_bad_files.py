@@ -152,3 +152,23 @@ def test_awkward_but_valid_inputs_work(published, case):
     assert read_provenance(out)["source"]["label"] == str(source) or str(source) in str(
         read_provenance(out))
     still_there(volume, key)
+
+
+def test_a_slab_failing_on_a_dask_worker_is_still_one_line(published):
+    """The NaN found by a slab on a real local Dask cluster (a worker process): the worker's
+    own error log must not reach the user's stderr, only the one line."""
+    from faults.bad_inputs import nan_frames_in_a_slab
+
+    folder, home, volume, key = published
+    source, extra = nan_frames_in_a_slab(folder / "in" / "dask_worker")
+    out = volume.parent / "nan_on_a_worker.zarr"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tomopipe.cli", "recon", str(source), "--out", str(out),
+         "--workers", "1", "--no-progress", *extra],
+        env={**env, "TOMOPIPE_HOME": str(home)}, capture_output=True, text=True, timeout=240,
+        cwd=REPO)
+    line = one_line(proc)
+    assert source.name in line and "non-finite value (nan) in frame 7" in line
+    nothing_complete(out)
+    still_there(volume, key)
