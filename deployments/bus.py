@@ -124,8 +124,8 @@ def nesting_depth(doc, limit: int = MAX_DEPTH) -> int:
     return deepest
 
 
-def decode_message(message: bytes, loads, prefix: bytes = b"",
-                   source: str = "the bus") -> tuple[str, object] | None:
+def decode_message(message: bytes, loads, prefix: bytes = b"", source: str = "the bus",
+                   codec: str = "the bus's codec") -> tuple[str, object] | None:
     """(name, doc) from one bus message, or None when it cannot be decoded or is refused; each
     refusal is one log line naming ``source``, the topic and the fault."""
     head = message[:80].split(b" ", 2)
@@ -140,14 +140,18 @@ def decode_message(message: bytes, loads, prefix: bytes = b"",
         got_prefix, name, payload = parts
         if prefix and got_prefix != prefix:
             return None
-        doc = loads(payload)
+        try:
+            doc = loads(payload)
+        except Exception as exc:
+            raise InputError("document", f"not {codec}: {type(exc).__name__}: {exc}") from None
         depth = nesting_depth(doc)
         if depth > MAX_DEPTH:
             raise InputError("document", f"nested deeper than {MAX_DEPTH} levels")
         return name.decode(), doc
     except Exception as exc:
-        log.warning("dropped a message from %s (topic %r, %d bytes): %s: %s", source, topic,
-                    len(message), type(exc).__name__, str(exc)[:200])
+        why = str(exc) if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
+        log.warning("dropped a message from %s (topic %r, %d bytes): %s", source, topic,
+                    len(message), why[:200])
         return None
 
 
@@ -176,7 +180,8 @@ class ZmqSubscriber:
             while not self._stop.is_set():
                 if not sock.poll(200):
                     continue
-                decoded = decode_message(sock.recv(), self._loads, self._prefix, self.address)
+                decoded = decode_message(sock.recv(), self._loads, self._prefix, self.address,
+                                         self.serializer)
                 if decoded is not None:
                     callback(*decoded)
         finally:

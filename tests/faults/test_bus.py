@@ -92,7 +92,7 @@ def test_pickle_only_when_asked_and_then_with_a_warning(tmp_path):
 
 
 @pytest.mark.services
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1800)
 def test_a_pickle_sent_to_the_bus_runs_nothing_and_the_next_scan_is_reconstructed(
         fault_services, tmp_path):  # noqa: F811
     from tomopipe.tasks import results_table
@@ -116,6 +116,8 @@ def test_a_pickle_sent_to_the_bus_runs_nothing_and_the_next_scan_is_reconstructe
     os.kill(bridge, 0)  # still up
     dropped = [ln for ln in log.read_text().splitlines() if "dropped a message from" in ln]
     assert all(state["zmq_out"] in ln and "'start'" in ln for ln in dropped[-3:]), dropped
+    assert "not msgpack" in dropped[-3] and "bytes, more than" in dropped[-2] \
+        and "nested deeper than" in dropped[-1], dropped
 
     uid, docs = scan_documents(home, "after-a-pickle")
     send(state, docs)
