@@ -442,7 +442,7 @@ def dask_client(*, scheduler: str | None = None, workers: int | None = None,
 def local_cluster(cfg: ClusterConfig | None = None, *, workers: int | None = None,
                   gpus: int | None = None, memory_limit: int | str | None = None,
                   host: str | None = None, scheduler_port: int = 0,
-                  dashboard_address: str = ":0", preload: list[str] | None = None):
+                  dashboard_address: str = "127.0.0.1:0", preload: list[str] | None = None):
     """A cluster on this machine: ``LocalCUDACluster`` (one worker per GPU) when GPUs are
     present and dask-cuda is installed, else ``LocalCluster`` with one single-threaded worker
     process per core. Workers run under nannies, which replace a worker whose process dies.

@@ -193,3 +193,28 @@ def test_every_embedded_service_listens_on_loopback_only(services):
         assert int(address.rsplit(":", 1)[1].split("/")[0]) in ports, f"{address} not found"
     exposed = [entry for entry in listening if entry[2] not in LOOPBACK]
     assert not exposed, f"listening beyond loopback: {exposed}"
+
+
+@pytest.mark.timeout(600)
+def test_a_local_dask_cluster_listens_on_loopback_only():
+    """The cluster ``tomopipe recon --workers N`` and the flows start for a run: scheduler,
+    workers, nannies and the dashboard all on loopback (the dashboard used to take every
+    interface)."""
+    from tomopipe.infra.cluster import local_cluster
+
+    me = psutil.Process()
+
+    def sockets() -> set[tuple[int, str, int]]:
+        return {(p.pid, c.laddr.ip, c.laddr.port) for p in [me, *me.children(recursive=True)]
+                for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+
+    before = sockets()  # whatever else this test process already listens on is not the cluster's
+    cluster = local_cluster(workers=1)
+    try:
+        listening = sockets() - before
+        dashboard_port = int(cluster.dashboard_link.split(":")[2].split("/")[0])
+        assert dashboard_port in {port for *_, port in listening}
+        exposed = [entry for entry in listening if entry[1] not in LOOPBACK]
+        assert not exposed, f"listening beyond loopback: {exposed}"
+    finally:
+        cluster.close()
