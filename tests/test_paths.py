@@ -75,3 +75,23 @@ def test_other_schemes_hosts_and_no_roots(roots):
         resolve_data_path("run1/scan.h5", [], source="u")
     assert is_under_roots(root_a / "run1" / "scan.h5", [root_a])
     assert not is_under_roots("/etc/passwd", [root_a])
+
+
+def test_output_checks_name_the_output_and_the_fault(tmp_path):
+    from tomopipe.tasks.paths import check_output_path
+
+    scan = tmp_path / "scan.h5"
+    scan.write_bytes(b"raw data")
+    (tmp_path / "notes.txt").write_text("keep me")
+    ok = check_output_path(tmp_path / "new" / "deeper" / "vol.zarr", inputs=[scan])
+    assert ok == tmp_path / "new" / "deeper" / "vol.zarr" and not (tmp_path / "new").exists()
+    cases = [(tmp_path / "notes.txt", "is a file, not a volume folder"),
+             (tmp_path / "notes.txt" / "vol.zarr", "notes.txt is a file, not a folder"),
+             (scan, "is the input file")]
+    os.symlink(scan, tmp_path / "alias.zarr")  # the input under another name
+    cases.append((tmp_path / "alias.zarr", "is the input file"))
+    for out, fault in cases:
+        with pytest.raises(InputError) as info:
+            check_output_path(out, inputs=[scan])
+        assert str(info.value).startswith(f"{out}: ") and fault in str(info.value)
+    assert scan.read_bytes() == b"raw data" and (tmp_path / "notes.txt").read_text() == "keep me"
