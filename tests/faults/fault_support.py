@@ -1,7 +1,8 @@
 """Shared by the service-fault tests (tests/faults/test_*.py of the fault matrix): a home of real
 services to break, simulated scans, and the figures of one row of the matrix.
 
-No tests here. ``fault_services`` starts the embedded services of a temporary home of its own
+No tests here. ``fault_services`` (tests/faults/conftest.py, so that every module shares one)
+starts the embedded services of a temporary home of its own
 with the real ``tomopipe up`` (once per session, shared by every fault test; each test leaves
 it up and healthy, or brings it back with ``tomopipe up``) and stops them with ``tomopipe down``.
 It is not the session's ``services`` home, because these tests kill its processes.
@@ -15,9 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,20 +27,9 @@ from test_flows_support import LIVE, _prepare, flow_runs, publish, wait_for
 
 SIZE, ROWS, ANGLES = 32, 8, 45  # tiny scans, as tests/test_flows.py
 ROWS_FILE_ENV = "TOMOPIPE_FAULT_ROWS"
-
-
-@pytest.fixture(scope="session")
-def fault_services():
-    """(home, state) of a home whose services the fault tests may kill."""
-    folder = Path(tempfile.mkdtemp(prefix="tomopipe-faults-"))
-    home = folder / "home"
-    try:
-        state = up(home)
-        yield home, state
-    finally:
-        tomopipe_cli("down", home=home, timeout=90)
-        if not os.environ.get("TOMOPIPE_KEEP_TEST_HOME"):
-            shutil.rmtree(folder, ignore_errors=True)
+# `tomopipe up` takes 20 s on an idle 2-core machine and was seen past 280 s under a load of 27:
+# a fault test restarts its home, so it waits longer than the session's first start does
+UP_S = max(UP_TIMEOUT_S, 600)
 
 
 def up(home: Path) -> dict:
@@ -49,7 +37,7 @@ def up(home: Path) -> dict:
     live flows reconstructing in their own process (workers=0: tiny scans)."""
     from tomopipe.infra.services import view
 
-    proc = tomopipe_cli("up", f"--timeout={UP_TIMEOUT_S - 20}", home=home, timeout=UP_TIMEOUT_S)
+    proc = tomopipe_cli("up", f"--timeout={UP_S - 20}", home=home, timeout=UP_S)
     if proc.returncode != 0:
         pytest.fail(f"tomopipe up failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     state = view(home)

@@ -9,20 +9,19 @@ import threading
 import pytest
 from test_flows_support import LIVE, flow_runs
 
-from faults.fault_support import (  # noqa: F401  (fault_services is a fixture)
+from faults.fault_support import (
     assert_targets,
-    fault_services,
     matrix_row,
     scan_documents,
     send,
     settled,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.services, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.slow, pytest.mark.services, pytest.mark.timeout(1800)]
 
 
 def test_burst_of_scans_and_concurrent_publishers_each_reconstructed_once(
-        fault_services):  # noqa: F811
+        fault_services):
     from tomopipe.tasks import results_table
 
     home, state = fault_services

@@ -17,9 +17,8 @@ import pytest
 from test_flows_support import LIVE, final_run, publish_raw, wait_for
 from tomopipe.deployments import bus
 
-from faults.fault_support import (  # noqa: F401  (fault_services is a fixture)
+from faults.fault_support import (
     assert_targets,
-    fault_services,
     matrix_row,
     scan_documents,
     send,
@@ -94,7 +93,7 @@ def test_pickle_only_when_asked_and_then_with_a_warning(tmp_path):
 @pytest.mark.services
 @pytest.mark.timeout(1800)
 def test_a_pickle_sent_to_the_bus_runs_nothing_and_the_next_scan_is_reconstructed(
-        fault_services, tmp_path):  # noqa: F811
+        fault_services, tmp_path):
     from tomopipe.tasks import results_table
 
     home, state = fault_services

@@ -18,16 +18,15 @@ import httpx
 import pytest
 from test_flows_support import LIVE, flow_runs, wait_for
 
-from faults.fault_support import (  # noqa: F401  (fault_services is a fixture)
+from faults.fault_support import (
     assert_targets,
-    fault_services,
     matrix_row,
     scan_documents,
     send,
     settled,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.services, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.services, pytest.mark.timeout(1800)]
 IDLE_S = 20.0
 
 
@@ -52,7 +51,7 @@ def _reversed_primary(docs: list) -> list:
     return out
 
 
-def test_duplicate_out_of_order_orphan_stop_endless_and_aborted_runs(fault_services):  # noqa: F811
+def test_duplicate_out_of_order_orphan_stop_endless_and_aborted_runs(fault_services):
     from tomopipe.tasks import results_table
 
     home, state = fault_services

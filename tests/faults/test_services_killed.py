@@ -22,9 +22,8 @@ import pytest
 from conftest import tomopipe_cli
 from test_flows_support import LIVE, flow_runs
 
-from faults.fault_support import (  # noqa: F401  (fault_services is a fixture)
+from faults.fault_support import (
     assert_targets,
-    fault_services,
     kill,
     matrix_row,
     scan_documents,
@@ -34,7 +33,7 @@ from faults.fault_support import (  # noqa: F401  (fault_services is a fixture)
     up,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.services, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.services, pytest.mark.timeout(1800)]
 
 
 def _halves(docs: list) -> tuple[list, list]:
@@ -44,7 +43,7 @@ def _halves(docs: list) -> tuple[list, list]:
 
 
 @pytest.mark.parametrize("service", ["prefect", "tiled", "bridge"])
-def test_service_killed_mid_scan_then_up_completes_the_run(fault_services, service):  # noqa: F811
+def test_service_killed_mid_scan_then_up_completes_the_run(fault_services, service):
     home, state = fault_services
     uid, docs = scan_documents(home, f"{service}-killed")
     first, second = _halves(docs)

@@ -15,9 +15,8 @@ import pytest
 from conftest import tomopipe_cli
 from test_flows_support import LIVE, flow_runs, wait_for
 
-from faults.fault_support import (  # noqa: F401  (fault_services is a fixture)
+from faults.fault_support import (
     assert_targets,
-    fault_services,
     home_processes,
     kill,
     matrix_row,
@@ -28,10 +27,10 @@ from faults.fault_support import (  # noqa: F401  (fault_services is a fixture)
     up,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.services, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.services, pytest.mark.timeout(1800)]
 
 
-def test_worker_killed_while_reconstructing_then_up_reruns_once(fault_services):  # noqa: F811
+def test_worker_killed_while_reconstructing_then_up_reruns_once(fault_services):
     from tomopipe.tasks import results_table
 
     home, state = fault_services
@@ -81,7 +80,7 @@ def test_worker_killed_while_reconstructing_then_up_reruns_once(fault_services):
     assert_targets(row)
 
 
-def test_down_leaves_no_process_of_the_home(fault_services):  # noqa: F811
+def test_down_leaves_no_process_of_the_home(fault_services):
     """Last of the fault tests on this home: `down` stops every process the home started,
     flow runs and the fork server's children included; `up` brings it back for later tests."""
     home, state = fault_services
