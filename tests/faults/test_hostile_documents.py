@@ -15,6 +15,8 @@ can exhaust memory or the interpreter's recursion limit (the bus has its own lim
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -150,3 +152,28 @@ def test_deep_but_reasonable_metadata_is_accepted(run):
                                           notes="n" * 100_000), roots)
     assert spec.identity == uid and spec.n_angles == 24
     assert np.allclose(spec.angles_deg[:2], [0.0, 7.5])
+
+
+@pytest.mark.parametrize("form", ["plain path", "file URI (percent-encoded)"])
+def test_spaces_and_non_ascii_in_document_paths_work(run, form):
+    """A data folder named as people name them: the same frames, found and staged."""
+    import shutil
+
+    from tomopipe.tasks.sources.hdf5io import read_slab
+
+    uid, docs, roots, outside = run
+    original = scan_from_documents(docs, roots)
+    folder = roots[0] / "beam time 2026 – Müller" / "scan №1 (ü)"
+    folder.mkdir(parents=True, exist_ok=True)
+    src = Path(original.projections[0].path)
+    copy = folder / src.name
+    shutil.copy2(src, copy)
+    uri = str(copy) if form == "plain path" else copy.as_uri()
+    assert form == "plain path" or "%20" in uri  # really percent-encoded
+    moved = with_uri(docs, uri)
+    spec = scan_from_documents(moved, roots)
+    assert {fs.path for fs in spec.projections} == {str(copy.resolve())}
+    manifest = manifest_from_documents(moved, roots)
+    assert [e.path for e in manifest.entries] == [str(copy.resolve())]
+    assert manifest.entries[0].relpath == copy.resolve().relative_to(roots[0].resolve()).as_posix()
+    np.testing.assert_array_equal(read_slab(spec, (0, 2))[0], read_slab(original, (0, 2))[0])
