@@ -322,6 +322,7 @@ def reconstruct(spec: ScanSpec, params: ReconParams, out: str | os.PathLike, *, 
             seconds=time.perf_counter() - t_start, skipped=True, timings={},
         )
 
+    _import_in_background("zarr")  # needed once the centre is known; imported meanwhile
     from tomopipe.tasks.recon.backends import get_backend
 
     px = pixel_size(spec, params)
@@ -346,6 +347,24 @@ def reconstruct(spec: ScanSpec, params: ReconParams, out: str | os.PathLike, *, 
         if space.is_disk_full(exc):
             raise space.disk_full_error(out, needed) from None
         raise
+
+
+def _import_in_background(*modules: str) -> None:
+    """Import ``modules`` on a thread while this one reads and finds the centre (a fresh
+    ``tomopipe recon`` process would otherwise wait for Zarr's import after them)."""
+    import importlib
+    import sys
+
+    missing = [m for m in modules if m not in sys.modules]
+    if not missing:
+        return
+
+    def work():
+        for name in missing:
+            with contextlib.suppress(Exception):  # the real import reports any error
+                importlib.import_module(name)
+
+    threading.Thread(target=work, name="import-ahead", daemon=True).start()
 
 
 def _space_needed(pub, shape, levels) -> int:
