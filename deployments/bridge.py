@@ -278,7 +278,6 @@ class Bridge:
 def build(home: Path, *, writer_on: bool = True, kafka: dict | None = None):
     """(bridge, subscriber, catalog) for the services of ``home``."""
     from tomopipe.deployments.bus import (
-        DEFAULT_SERIALIZER,
         PICKLE_WARNING,
         KafkaSubscriber,
         ZmqSubscriber,
@@ -302,7 +301,8 @@ def build(home: Path, *, writer_on: bool = True, kafka: dict | None = None):
     if kafka:
         subscriber = KafkaSubscriber(**kafka)
     else:
-        kind = state.get("zmq_serializer") or DEFAULT_SERIALIZER
+        # config.yaml's bus.serializer; a state file from the production bootstrap may name one
+        kind = state.get("zmq_serializer") or settings.bus.serializer
         if kind == "pickle":
             log.warning(PICKLE_WARNING)
         subscriber = ZmqSubscriber(ctx.address("zmq_out"), kind)

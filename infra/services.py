@@ -14,19 +14,22 @@
   workers on loopback, when config.yaml's ``cluster.kind`` is ``local`` (the default); with
   ``address`` the configured scheduler goes into the state instead and nothing is started;
 - ``bridge``: ``python -m tomopipe.deployments.bridge --home H`` (documents -> catalog +
-  Prefect events), started after the state file is written, because it reads the addresses
+  Prefect events), started after the state file is written, because it reads the Tiled key
   from there;
 
-then registers the deployments (``deployments.register.register_all(settings, state)``) and
-writes the state file (``infra.state``). Everything lives under the home, so two homes run side
-by side on different ports.
+then registers the deployments (``deployments.register.register_all(settings, state)``).
+Everything lives under the home, so two homes run side by side on different ports.
 
-State keys: prefect_api (http://127.0.0.1:P/api), prefect_ui, prefect_home, work_pool, zmq_in,
-zmq_out (tcp://127.0.0.1:PORT), zmq_serializer (msgpack by default), tiled (http://127.0.0.1:T),
-dask_scheduler (tcp://127.0.0.1:P), dask_dashboard (http URL),
-tiled_api_key, data_root (the first of data_roots), data_roots, output_root, home, pids and started
-({service: pid / process start time}), logs ({service: path}), startup_seconds and startup_timings
-(seconds from start to each one healthy).
+The addresses are configuration (``services:`` in config.yaml, ``tomopipe.config``): ``up``
+binds the configured ports (the ``--*-port`` options first), picks free ones for the rest the
+first time and keeps them in the home's addresses.yaml, so every address, the Prefect UI's
+included, stays the same across restarts. The state file (``infra.state``) records the
+processes only: pids and started ({service: pid / process start time}), logs ({service:
+path}), startup_seconds and startup_timings (seconds from start to each one healthy), and
+tiled_api_key (made at each start). ``view``/``status`` show both together: prefect_api,
+prefect_ui, zmq_in, zmq_out, zmq_serializer, tiled, dask_scheduler, dask_dashboard, work_pool,
+home, prefect_home, data_root (the first of data_roots), data_roots, output_root and the
+process keys.
 """
 
 from __future__ import annotations
@@ -49,7 +52,8 @@ from tomopipe.infra import dask_service, processes, tiled_server
 from tomopipe.infra.processes import LOOPBACK
 from tomopipe.infra.state import clear_services, read_services, write_services
 
-from tomopipe.config import Settings
+from tomopipe.config import Settings, configured_addresses, record_service_addresses
+from tomopipe.context import prefect_api_scope, run_context
 from tomopipe.errors import ConfigError, ServiceError
 
 WORK_POOL = "tomopipe"
@@ -163,9 +167,31 @@ def health(state: dict) -> dict[str, bool]:
     return {name: checks[name]() for name in SERVICES if name in state.get("pids", {})}
 
 
+# What the state file holds: the processes of one `up`, nothing that is configuration.
+PROCESS_KEYS = ("pids", "started", "logs", "startup_seconds", "startup_timings",
+                "tiled_api_key")
+
+
+def view(home: Path) -> dict | None:
+    """The services of this home as one dict: the addresses and settings they run with (the
+    configuration) and their processes (the state file); None when nothing is up."""
+    runtime = read_services(home)
+    if runtime is None:
+        return None
+    ctx = run_context(home)
+    settings = ctx.settings
+    return {**runtime, **ctx.services.model_dump(exclude_none=True),
+            "zmq_serializer": settings.bus.serializer, "home": str(settings.home),
+            "prefect_home": str(prefect_home(settings.home)),
+            "data_root": str(settings.data_roots[0]),
+            "data_roots": [str(r) for r in settings.data_roots],
+            "output_root": str(settings.output_root)}
+
+
 def status(home: Path) -> dict | None:
-    """The state of this home with a ``health`` mapping added, or None when nothing is up."""
-    state = read_services(home)
+    """The services of this home (``view``) with a ``health`` mapping added, or None when
+    nothing is up."""
+    state = view(home)
     if state is None:
         return None
     state["health"] = health(state)
@@ -189,7 +215,8 @@ def _pick_ports(ports: Ports) -> Ports:
             raise ConfigError(f"port for {field}: {port} is not a TCP port")
         elif processes.port_in_use(port):
             raise ServiceError(f"port {port} for {field} is already in use on {LOOPBACK}; "
-                               "choose another or leave it out to pick a free one")
+                               "choose another or leave it out to pick a free one (ports "
+                               "picked before are kept in the home's addresses.yaml)")
         chosen[field] = port
     if len(set(chosen.values())) != len(chosen):
         raise ConfigError(f"ports must differ: {chosen}")
@@ -254,8 +281,8 @@ class _Launcher:
 
 
 def running_state(home: Path) -> dict | None:
-    """The state of this home when every service in it runs and answers, else None."""
-    state = read_services(home)
+    """The services of this home (``view``) when every one runs and answers, else None."""
+    state = view(home)
     if state is None:
         return None
     checks = health(state)
@@ -301,24 +328,27 @@ def _up(settings: Settings, home: Path, *, ports: Ports | None, timeout: float, 
         _down(home, timeout=10.0)
 
     data_roots = _data_roots(settings)
-    ports = _pick_ports(ports or Ports())
+    ports = _pick_ports(_with_configured(ports or Ports(), settings))
     prefect_api = f"http://{LOOPBACK}:{ports.prefect}/api"
+    addresses = {
+        "prefect_api": prefect_api,
+        "zmq_in": f"tcp://{LOOPBACK}:{ports.zmq_in}",
+        "zmq_out": f"tcp://{LOOPBACK}:{ports.zmq_out}",
+        "tiled": f"http://{LOOPBACK}:{ports.tiled}",
+        # dask_scheduler, dask_dashboard: the standing cluster (or the configured address)
+        **dask_service.state_keys(settings, ports.dask_scheduler, ports.dask_dashboard),
+    }
     state = {
         "home": str(home),
-        "prefect_api": prefect_api,
+        **addresses,
         "prefect_ui": f"http://{LOOPBACK}:{ports.prefect}",
         "prefect_home": str(prefect_home(home)),
         "work_pool": WORK_POOL,
-        "zmq_in": f"tcp://{LOOPBACK}:{ports.zmq_in}",
-        "zmq_out": f"tcp://{LOOPBACK}:{ports.zmq_out}",
         "zmq_serializer": _bus_serializer(settings, echo),
-        "tiled": f"http://{LOOPBACK}:{ports.tiled}",
         "tiled_api_key": tiled_server.new_api_key(),
         "data_root": str(data_roots[0]),
         "data_roots": [str(r) for r in data_roots],
         "output_root": str(settings.output_root),
-        # dask_scheduler, dask_dashboard: the standing cluster (or the configured address)
-        **dask_service.state_keys(settings, ports.dask_scheduler, ports.dask_dashboard),
     }
     env = base_env(home, prefect_api)
     run = _Launcher(home)
@@ -364,9 +394,13 @@ def _up(settings: Settings, home: Path, *, ports: Ports | None, timeout: float, 
         _wait_for_zygote(home, run, timeout)
         timings["zygote"] = time.monotonic() - t0
 
+        # All healthy: the addresses picked are kept (addresses.yaml) for the next start.
+        # The bridge reads them from there, and the Tiled key from the state file.
+        record_service_addresses(home, addresses if "dask" in run.procs else {
+            k: v for k, v in addresses.items() if not k.startswith("dask_")})  # not ours
         state.update(pids=run.pids(), started=run.started(),
                      logs={k: str(v) for k, v in run.logs.items()})
-        write_services(home, state)  # the bridge and register_all read it
+        write_services(home, _processes(state))
 
         if bridge:
             run.start("bridge", [sys.executable, "-m", "tomopipe.deployments.bridge",
@@ -376,7 +410,7 @@ def _up(settings: Settings, home: Path, *, ports: Ports | None, timeout: float, 
             timings["bridge"] = time.monotonic() - t0
         state.update(pids=run.pids(), started=run.started(),
                      logs={k: str(v) for k, v in run.logs.items()})
-        write_services(home, state)
+        write_services(home, _processes(state))
 
         if register:
             _register(settings, state)
@@ -387,9 +421,33 @@ def _up(settings: Settings, home: Path, *, ports: Ports | None, timeout: float, 
         raise
     state["startup_seconds"] = round(time.monotonic() - t0, 1)
     state["startup_timings"] = {k: round(v, 1) for k, v in timings.items()}
-    write_services(home, state)
+    write_services(home, _processes(state))
     run.done()
     return state, True
+
+
+def _processes(state: dict) -> dict:
+    return {k: state[k] for k in PROCESS_KEYS if k in state}
+
+
+# Ports field -> the address it is the port of
+PORT_OF = {"prefect": "prefect_api", "tiled": "tiled", "zmq_in": "zmq_in", "zmq_out": "zmq_out",
+           "dask_scheduler": "dask_scheduler", "dask_dashboard": "dask_dashboard"}
+
+
+def _with_configured(ports: Ports, settings: Settings) -> Ports:
+    """The ports given to ``up`` first, then those of the addresses in the configuration
+    (a person's, or those an earlier ``up`` picked). A given port that contradicts an address a
+    person configured is refused: every reader would look for the service at the other one."""
+    configured, set_by_person = settings.services, configured_addresses(settings.home)
+    chosen = {}
+    for field, key in PORT_OF.items():
+        given, port = getattr(ports, field), configured.port(key)
+        if given and key in set_by_person and port and given != port:
+            raise ConfigError(f"port {given} for {field}: the configuration says "
+                              f"services.{key}: {set_by_person[key]}; change it there")
+        chosen[field] = given or port
+    return Ports(**chosen)
 
 
 def _bus_serializer(settings: Settings, echo: Callable[[str], None]) -> str:
@@ -433,34 +491,16 @@ def _wait_stays_up(run: _Launcher, name: str, seconds: float) -> float:
 
 def _register(settings: Settings, state: dict) -> None:
     """Register the deployments against this home's server (not any other PREFECT_API_URL)."""
-    with _environ(PREFECT_API_URL=state["prefect_api"], PREFECT_HOME=state["prefect_home"]):
-        from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
-        from tomopipe.deployments.register import register_all
+    from tomopipe.deployments.register import register_all
 
-        with temporary_settings({PREFECT_API_URL: state["prefect_api"],
-                                 PREFECT_HOME: Path(state["prefect_home"])}):
-            try:
-                register_all(settings, state)
-            except ServiceError:
-                raise
-            except Exception as exc:
-                raise ServiceError(f"registering the deployments on {state['prefect_api']} "
-                                   f"failed: {type(exc).__name__}: {exc}") from exc
-
-
-@contextlib.contextmanager
-def _environ(**values: str):
-    """Set environment variables for a block and restore them after (up may run in-process)."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with prefect_api_scope(state["prefect_api"], Path(state["prefect_home"])):
+        try:
+            register_all(settings, state)
+        except ServiceError:
+            raise
+        except Exception as exc:
+            raise ServiceError(f"registering the deployments on {state['prefect_api']} "
+                               f"failed: {type(exc).__name__}: {exc}") from exc
 
 
 def down(home: Path, *, timeout: float = 10.0) -> list[str]:

@@ -1,6 +1,11 @@
-"""The running services' addresses, kept in ``$TOMOPIPE_HOME/services.json`` by ``tomopipe up``.
+"""The processes of a home's running services, kept in ``$TOMOPIPE_HOME/services.json``.
 
-Other commands (``simulate``, ``backfill``, ``runs``) read it to find the services of their home.
+``tomopipe up`` records there what it started: pids and start times, logs, start-up timings and
+the Tiled API key of this start. Whether the file exists says whether services are up. The
+addresses are configuration (``tomopipe.config``); ``tomopipe.context.run_context`` and
+``infra.services.view`` put both together. A state file written by the production bootstrap
+(``infra/production/bootstrap.py``) may also name addresses, which fill what the configuration
+leaves open.
 """
 
 from __future__ import annotations

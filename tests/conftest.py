@@ -73,15 +73,15 @@ def services_home() -> Path:
 
 @pytest.fixture(scope="session")
 def services(services_home):
-    """The state dict of this session's running services (see infra.state.read_services)."""
-    from tomopipe.infra.state import read_services
+    """This session's running services: their addresses and processes (infra.services.view)."""
+    from tomopipe.infra.services import view
 
     proc = tomopipe_cli("up", f"--timeout={UP_TIMEOUT_S - 20}", home=services_home,
                         timeout=UP_TIMEOUT_S)
     try:
         if proc.returncode != 0:
             pytest.fail(f"tomopipe up failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-        state = read_services(services_home)
+        state = view(services_home)
         assert state is not None, "tomopipe up succeeded but wrote no state file"
         yield state
     finally:

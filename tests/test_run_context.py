@@ -53,18 +53,27 @@ def test_bad_settings_name_the_file_and_the_key(tmp_path, config, fault):
     assert "\n" not in message
 
 
-def test_up_records_picked_addresses_once_keeping_the_file(tmp_path):
+def test_up_keeps_the_addresses_it_picked_apart_from_those_a_person_set(tmp_path,
+                                                                         monkeypatch):
     cfg = tmp_path / "config.yaml"
-    cfg.write_text("# our beamline\nbeamline: bl2  # the name in events\n")
+    text = "# our beamline\nservices:\n  tiled: http://127.0.0.1:8001  # the catalog\n"
+    cfg.write_text(text)
     record_service_addresses(tmp_path, {"prefect_api": "http://127.0.0.1:4400/api",
+                                        "tiled": "http://127.0.0.1:9999",
                                         "zmq_in": "tcp://127.0.0.1:5577"})
-    text = cfg.read_text()
-    assert text.startswith("# our beamline\nbeamline: bl2  # the name in events\n")
-    settings = load_settings(tmp_path)
-    assert settings.beamline == "bl2" and settings.services.zmq_in == "tcp://127.0.0.1:5577"
-    # a services section exists now (or a person wrote one): it is left as it is
-    record_service_addresses(tmp_path, {"prefect_api": "http://127.0.0.1:9999/api"})
-    assert cfg.read_text() == text
+    assert cfg.read_text() == text  # a person's file is not rewritten
+    picked = yaml.safe_load((tmp_path / "addresses.yaml").read_text())
+    assert picked == {"prefect_api": "http://127.0.0.1:4400/api",
+                      "zmq_in": "tcp://127.0.0.1:5577"}  # not tiled: a person set it
+    services = load_settings(tmp_path).services
+    assert services.tiled == "http://127.0.0.1:8001"
+    assert services.prefect_ui == "http://127.0.0.1:4400"  # the same UI address next time
+    monkeypatch.setenv("TOMOPIPE_SERVICES__ZMQ_IN", "tcp://127.0.0.1:6000")
+    assert load_settings(tmp_path).services.zmq_in == "tcp://127.0.0.1:6000"
+    monkeypatch.delenv("TOMOPIPE_SERVICES__ZMQ_IN")
+    (tmp_path / "addresses.yaml").write_text("prefect_api: 4400\n")
+    with pytest.raises(ConfigError, match=r"addresses\.yaml: prefect_api: "):
+        load_settings(tmp_path)
 
 
 def test_run_context_holds_settings_addresses_and_key(tmp_path):

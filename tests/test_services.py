@@ -20,6 +20,7 @@ import httpx
 import msgpack
 import psutil
 import pytest
+import yaml
 import zmq
 from conftest import tomopipe_cli
 from tomopipe.infra import processes
@@ -30,7 +31,10 @@ from tomopipe.config import load_settings
 from tomopipe.errors import ConfigError, ServiceError
 
 CONTRACT = ("prefect_api", "prefect_ui", "zmq_in", "zmq_out", "zmq_serializer", "tiled",
-            "tiled_api_key", "data_root", "home", "pids", "logs")
+            "dask_scheduler", "dask_dashboard", "tiled_api_key", "data_root", "home", "pids",
+            "logs")
+ADDRESS_KEYS = ("prefect_api", "prefect_ui", "zmq_in", "zmq_out", "tiled", "dask_scheduler",
+                "dask_dashboard")
 
 
 def _group_pids(state: dict) -> set[int]:
@@ -120,7 +124,7 @@ def test_a_service_that_dies_fails_up_naming_it_and_stops_the_rest(tmp_path, mon
     assert "tiled exited with status 3" in message
     assert str(tmp_path / "logs" / "tiled.log") in message and "tiled cannot start" in message
     assert time.monotonic() - t0 < 60
-    assert len(spawned) == 4
+    assert len(spawned) == len(svc.SERVICES) - 1  # all but the bridge, which starts last
     assert not any(processes.alive(p.pid) for p in spawned)
     assert read_services(tmp_path) is None
 
@@ -277,7 +281,9 @@ def test_two_homes_side_by_side_then_down_stops_every_process(services, services
                         f"--prefect-port={prefect_port}", home=other, timeout=280)
     seconds = time.monotonic() - t0
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    second = read_services(other)
+    # The state file records processes only; the addresses are configuration.
+    assert set(read_services(other)) <= set(svc.PROCESS_KEYS)
+    second = svc.view(other)
     assert second["prefect_api"] == f"http://127.0.0.1:{prefect_port}/api"
     print(f"second `tomopipe up` took {seconds:.1f} s: {second.get('startup_timings')}")
 
@@ -301,3 +307,25 @@ def test_two_homes_side_by_side_then_down_stops_every_process(services, services
     assert tomopipe_cli("status", home=other).returncode == 1
     # the first home is untouched
     assert all(svc.health(services).values())
+
+
+@pytest.mark.timeout(900)
+def test_restarted_services_keep_their_addresses(tmp_path, request):
+    """`down` then `up` with no options: every service is where it was, so the Prefect UI
+    address a person bookmarked still opens; the state file records processes only."""
+    home = tmp_path / "restart-home"
+    request.addfinalizer(lambda: tomopipe_cli("down", home=home, timeout=60))
+    addresses = []
+    for _ in range(2):
+        proc = tomopipe_cli("up", "--no-deployments", "--no-bridge", "--timeout=300",
+                            home=home, timeout=360)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert set(read_services(home)) <= set(svc.PROCESS_KEYS)
+        view = svc.view(home)
+        addresses.append({k: view[k] for k in ADDRESS_KEYS})
+        ui_settings = httpx.get(f"{view['prefect_ui']}/ui-settings", timeout=10).json()
+        assert ui_settings["api_url"] == view["prefect_api"]
+        assert tomopipe_cli("down", home=home, timeout=60).returncode == 0
+    assert addresses[0] == addresses[1]
+    picked = yaml.safe_load((home / "addresses.yaml").read_text())
+    assert picked["prefect_api"] == addresses[0]["prefect_api"]

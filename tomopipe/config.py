@@ -4,11 +4,11 @@ All state (databases, logs, data root, outputs) lives under ``$TOMOPIPE_HOME``, 
 user's data directory, so two homes can run side by side.
 
 The settings are ``$TOMOPIPE_HOME/config.yaml`` (optional) over the embedded defaults, checked by
-pydantic. The addresses of the home's services are configuration too (``services:``); each one
-can be overridden from the environment as ``TOMOPIPE_SERVICES__<NAME>``, e.g.
-``TOMOPIPE_SERVICES__TILED=http://tiled:8000``. ``tomopipe up`` writes the ports it picks the
-first time into config.yaml (``record_service_addresses``), so the addresses, the Prefect UI's
-among them, stay the same across restarts.
+pydantic. The addresses of the home's services are configuration too: ``services:`` in
+config.yaml, each one overridable from the environment as ``TOMOPIPE_SERVICES__<NAME>`` (e.g.
+``TOMOPIPE_SERVICES__TILED=http://tiled:8000``). Those nobody set, ``tomopipe up`` picks the
+first time and keeps in ``$TOMOPIPE_HOME/addresses.yaml`` (``record_service_addresses``), so
+every address, the Prefect UI's among them, stays the same across restarts.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from tomopipe.errors import ConfigError
 # The one list of default tomography plans: a run is a tomography run when its start document
 # has a ``tomo`` mapping or its plan name is one of ``tomo_plans`` (config.yaml).
 DEFAULT_TOMO_PLANS = ("tomo_scan",)
+ADDRESSES_FILE = "addresses.yaml"  # the service addresses `tomopipe up` picked
 
 _HTTP = re.compile(r"^https?://[^\s/:]+(:\d{1,5})?(/\S*)?$")
 _TCP = re.compile(r"^tcp://[^\s/:]+:\d{1,5}$")
@@ -191,7 +192,8 @@ def _one_line(exc: ValidationError) -> str:
 
 def load_settings(home_dir: Path | str | None = None) -> Settings:
     """The settings of ``home_dir`` (default ``$TOMOPIPE_HOME``): its config.yaml over the
-    embedded defaults, with ``TOMOPIPE_SERVICES__*`` environment variables over both."""
+    embedded defaults; service addresses from addresses.yaml (those ``tomopipe up`` picked),
+    config.yaml's ``services:`` over them and ``TOMOPIPE_SERVICES__*`` variables over both."""
     root = Path(home_dir).expanduser().resolve() if home_dir else home()
     cfg_path = root / "config.yaml"
     raw = _read_yaml(cfg_path)
@@ -200,10 +202,13 @@ def load_settings(home_dir: Path | str | None = None) -> Settings:
     if unknown:
         raise ConfigError(f"{cfg_path}: unknown setting(s) {sorted(unknown)}; "
                           f"known: {sorted(known)}")
+    picked = _picked_addresses(root)
     env = _Environment().services
-    if env:
+    if picked or env:
         services = raw.get("services") if isinstance(raw.get("services"), dict) else {}
-        raw = {**raw, "services": {**services, **{k.lower(): v for k, v in env.items()}}}
+        if "services" not in raw or isinstance(raw.get("services"), dict):
+            raw = {**raw, "services": {**picked, **services,
+                                       **{k.lower(): v for k, v in env.items()}}}
     try:
         settings = Settings(home=root, **raw)
     except ValidationError as exc:
@@ -219,21 +224,36 @@ def load_settings(home_dir: Path | str | None = None) -> Settings:
     return settings
 
 
+def _picked_addresses(root: Path) -> dict:
+    path = root / ADDRESSES_FILE
+    picked = _read_yaml(path)
+    try:
+        ServiceAddresses(**picked)
+    except (ValidationError, TypeError) as exc:
+        detail = _one_line(exc) if isinstance(exc, ValidationError) else str(exc)
+        raise ConfigError(f"{path}: {detail}") from None
+    return picked
+
+
+def configured_addresses(home_dir: Path) -> dict[str, str]:
+    """The addresses a person set: config.yaml's ``services:`` and TOMOPIPE_SERVICES__*."""
+    raw = _read_yaml(Path(home_dir) / "config.yaml").get("services")
+    env = {k.lower(): v for k, v in _Environment().services.items()}
+    return {**(raw if isinstance(raw, dict) else {}), **env}
+
+
 def record_service_addresses(home_dir: Path, addresses: dict[str, str]) -> None:
-    """Write the addresses ``tomopipe up`` picked into config.yaml, when it has no ``services``
-    section yet (a section a person wrote is left as it is). Appended as text, so the comments
-    and layout of the file stay."""
-    cfg_path = Path(home_dir) / "config.yaml"
-    if "services" in _read_yaml(cfg_path) or not addresses:
+    """Keep the addresses ``tomopipe up`` runs the services at in addresses.yaml, all but those
+    a person configured (config.yaml, environment), so the next ``up`` uses the same ones."""
+    path = Path(home_dir) / ADDRESSES_FILE
+    mine = configured_addresses(home_dir)
+    picked = {k: v for k, v in addresses.items() if k not in mine}
+    if _read_yaml(path) == picked:
         return
-    block = yaml.safe_dump({"services": addresses}, sort_keys=False)
-    text = cfg_path.read_text() if cfg_path.exists() else ""
-    if text and not text.endswith("\n"):
-        text += "\n"
-    text += ("# Addresses of this home's services, picked by `tomopipe up` the first time; edit "
-             "them to move a\n# service (or override one with TOMOPIPE_SERVICES__<NAME>).\n"
-             + block)
-    cfg_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cfg_path.with_name(".config.yaml.tmp")
+    text = ("# The addresses `tomopipe up` picked for this home's services, used again by every "
+            "start.\n# To choose one, set it under `services:` in config.yaml (it wins), or "
+            "TOMOPIPE_SERVICES__<NAME>.\n" + yaml.safe_dump(picked, sort_keys=False))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{ADDRESSES_FILE}.tmp")
     tmp.write_text(text)
-    os.replace(tmp, cfg_path)
+    os.replace(tmp, path)

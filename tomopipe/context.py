@@ -68,19 +68,27 @@ def run_context(home_dir: str | Path | None = None) -> RunContext:
     recorded = {k: state[k] for k in ServiceAddresses.model_fields
                 if state.get(k) and k not in configured}
     services = ServiceAddresses(**{**recorded, **configured}) if recorded else settings.services
+    cluster = settings.cluster or {}
+    if cluster.get("kind") == "address" and not services.dask_scheduler:  # a facility's own
+        services = services.model_copy(update={"dask_scheduler": cluster.get("address")})
     return RunContext(settings=settings, services=services,
                       tiled_api_key=state.get("tiled_api_key"), running=bool(state))
 
 
 @contextlib.contextmanager
-def prefect_api_scope(api_url: str):
-    """Point this process's Prefect client at ``api_url`` for a block.
+def prefect_api_scope(api_url: str, prefect_home: Path | None = None):
+    """Point this process's Prefect client at ``api_url`` (and, when given, its files at
+    ``prefect_home``) for a block.
 
     Prefect's settings, not ``os.environ``: Prefect may have read its settings already in this
     process, and then a changed variable is ignored (runs and events would go to a throw-away
-    ephemeral server).
+    ephemeral server). A process started for a home gets ``PREFECT_API_URL`` in its environment
+    instead (the worker's flow runs, the bridge).
     """
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
-    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+    updates = {PREFECT_API_URL: api_url}
+    if prefect_home is not None:
+        updates[PREFECT_HOME] = Path(prefect_home)
+    with temporary_settings(updates=updates):
         yield

@@ -172,13 +172,13 @@ def _candidates(start: float, stop: float, step: float) -> list[float]:
 
 def _standing_scheduler() -> tuple[str, str] | None:
     """(home, scheduler address) of the home's standing Dask cluster when it answers."""
-    from tomopipe.config import home
+    from tomopipe.context import run_context
     from tomopipe.infra.processes import tcp_listening
-    from tomopipe.infra.state import read_services
 
-    address = (read_services(home()) or {}).get("dask_scheduler")
+    ctx = run_context()
+    address = ctx.services.dask_scheduler if ctx.running else None
     if address and tcp_listening(address):
-        return str(home()), address
+        return str(ctx.home), address
     return None
 
 
