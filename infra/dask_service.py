@@ -40,6 +40,7 @@ PRELOAD = (
     "tomopipe.tasks.sources.hdf5io",
     "tomopipe.tasks.storage.omezarr",
     "tomopipe.tasks.storage.pyramid",
+    "zarr", "finufft",  # the two our modules import lazily, and the heaviest
 )
 READY_FILE = "dask.json"  # written under the home once every worker has joined
 
