@@ -142,7 +142,9 @@ def record_crash(home: Path | str, flow_run) -> None:
     uid = (flow_run.parameters or {}).get("uid") or (flow_run.parameters or {}).get("source")
     if not isinstance(uid, str):
         return
-    reason = (flow_run.state.message if flow_run.state else None) or "its process died"
+    said = (flow_run.state.message if flow_run.state else None) or ""
+    reason = said if said.startswith(("the flow run's process", "no heartbeat")) else \
+        f"its process ended before the run finished ({said or 'no reason given'})"
     then = "; submitted again" if may_rerun(flow_run) else \
         "; not submitted again (it was a re-run already)"
     results_table.record(home, uid, "crashed", message=f"crashed: {reason}{then}",
