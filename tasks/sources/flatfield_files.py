@@ -93,11 +93,19 @@ def with_field_files(spec: ScanSpec, flats: Sequence[str] | None = None,
             changes[role] = sets
             files[role] = [f"{fs.path}:{fs.dataset}" for fs in sets]
     extra = {**spec.extra, "field_files": files}
-    if "flats" in changes:
-        changes["flat_positions"] = None  # the run's flat times are not those of the files
+    if "flats" in changes:  # the run's flat times (if any) are not those of the files
+        changes["flat_positions"] = _file_flat_positions(changes["flats"], spec.n_angles)
     if spec.extra.get("darks") and "darks" in changes:
         extra.pop("darks")  # no longer missing
     return dataclasses.replace(spec, extra=extra, **changes)
+
+
+def _file_flat_positions(sets: Sequence[FrameSet], n_angles: int) -> tuple[float, ...] | None:
+    """Two flat files: the first taken before the projections, the second after."""
+    if len(sets) != 2:
+        return None
+    first, second = (len(fs.indices) for fs in sets)
+    return (-0.5,) * first + (n_angles - 0.5,) * second
 
 
 def check_field_shapes(spec: ScanSpec) -> None:
@@ -122,12 +130,10 @@ def flat_schedule(spec: ScanSpec) -> FlatSchedule | None:
     """When the flats were taken before and after the projections: where, for the drift
     correction; None when they cannot be placed so (then they are averaged).
 
+    - ``spec.flat_positions`` where known: a run's flat stream (its events' times), or two
+      flat files (``--flats`` given twice: the first before the projections, the second after).
     - Flats in the projections' own frame stack (NeXus image keys): their frame indices.
-    - Two or more flat sets apart from the projections (``--flats`` given twice): the first
-      set before the projections, the last after, each projection at its place in the scan.
-    - A run's flat stream with flats before and after the projections (their event times):
-      ``spec.flat_positions``.
-    All three orderings count in frames, in the order the flats are read.
+    Both orderings count in frames, in the order the flats are read.
     """
     if spec.flat_positions is not None:
         return schedule_from_positions(spec.flat_positions, range(spec.n_angles))
@@ -137,9 +143,4 @@ def flat_schedule(spec: ScanSpec) -> FlatSchedule | None:
         if len(same) == len(spec.flats) and all(fs.indices for fs in same):
             positions = [i for fs in same for i in fs.indices]
             return schedule_from_positions(positions, proj[0].indices)
-    if len(spec.flats) >= 2 and all(fs.indices for fs in spec.flats):
-        n_first = len(spec.flats[0].indices)
-        rest = sum(len(fs.indices) for fs in spec.flats[1:])
-        positions = [-1.0] * n_first + [float(spec.n_angles)] * rest
-        return schedule_from_positions(positions, range(spec.n_angles))
     return None
