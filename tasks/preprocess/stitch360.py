@@ -27,7 +27,7 @@ from tomopipe.tasks.preprocess._validate import ArrayInputError, as_angles, as_a
 # uses every frame (the backends weight 360 degrees of views by half).
 OFFSET_FRACTION = 0.1
 MIN_OVERLAP_PX = 8  # the half-turns must share this many columns for the axis to be found
-SEARCH_MAX_COLS = 256  # the coarse axis search bins columns down to at most this many
+SEARCH_MAX_COLS = 128  # the coarse axis search bins columns down to at most this many
 SMOOTH_MIN_PX, SMOOTH_PER_COLS = 2.0, 256  # Gaussian sigma max(2, cols / 256) before comparing
 SEARCH_MAX_PAIRS = 90  # frame pairs per quarter-turn used by the axis search
 AGREEMENT_SCALE_PX = 1.0  # confidence = exp(-d^2 / 2) for a disagreement of d pixels, as centre
