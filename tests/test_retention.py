@@ -113,3 +113,29 @@ def test_symlinks_never_followed(site, tmp_path):
     report = apply_retention(policy, ledger, now=_later())
     assert outside.exists() and (root / "runA" / "link.h5").is_symlink()
     assert any("symbolic link" in why for _, why in report.kept)
+
+
+def test_retention_flow_applies_the_policy_of_its_home(site):
+    """The flow resolves its home once (the run context) and applies that home's policy; a
+    site without a policy is refused by name. Runs on Prefect's test server."""
+    import yaml
+    from tomopipe.flows.retention import retention_flow
+
+    from tomopipe.errors import ConfigError
+
+    root, dest, ledger, files, _ = site
+    home = ledger.parent  # the ledger lives under the home, where the flow looks for it
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.yaml").write_text(yaml.safe_dump({
+        "sites": {"beamline": {"mover": "local", "root": str(root)}},
+        "retention": {"beamline": {"keep_days": 0}}}))
+    _move([files["runA/proj.h5"]], root, dest, ledger, "A")
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        [report] = retention_flow(home=str(home), dry_run=True)
+        with pytest.raises(ConfigError, match=r"^retention\.elsewhere: no retention policy"):
+            retention_flow(home=str(home), site="elsewhere")
+    assert report["site"] == "beamline" and report["dry_run"] is True
+    assert [os.path.relpath(p, root) for p, _ in report["deleted"]] == ["runA/proj.h5"]
+    assert files["runA/proj.h5"].exists()  # a dry run deletes nothing
