@@ -1,5 +1,7 @@
-"""The live flow: started by a run's ``bluesky.run.start`` event, it follows the run as frames
-land and, when the stop document arrives, reconstructs the whole run.
+"""The live flow: started by a run's ``bluesky.run.start`` event, it streams the run (the
+volume grows on the Dask workers as frames land, with live views; ``flows/stream.py``) and
+publishes it at the stop. A run that cannot stream (the reason is logged) is followed as frames
+land and reconstructed whole when the stop document arrives.
 
 A run that aborts or fails ends this flow Failed with the run's reason, and makes no volume.
 """
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 from prefect import flow
 from tomopipe.flows.pipeline import fail, reconstruct_scan, record_unexpected
+from tomopipe.flows.stream import stream_scan
 from tomopipe.tasks.recon_tasks import record_state
 from tomopipe.tasks.run_tasks import RunFailed, follow_run, resolve_run
 
@@ -18,12 +21,20 @@ from tomopipe.errors import TomopipeError
 @flow(name="live-run", log_prints=True)
 def live_run(uid: str, params: dict | None = None, workers: int | None = None,
              scheduler: str | None = None, poll_s: float = 0.25,
-             idle_timeout_s: float = 600.0, home: str | None = None):
-    """Follow run ``uid`` to its stop document, then reconstruct it."""
+             idle_timeout_s: float = 600.0, home: str | None = None, stream: bool = True,
+             live_positions: dict | None = None):
+    """Stream run ``uid`` (``stream``; ``live_positions``: ``{z, y, x}`` planes of the live
+    views, default the middle), else follow it to its stop document and reconstruct it."""
     ctx = run_context(home)
     plan_name = None
     record_state(ctx, uid, "waiting")
     try:
+        if stream:
+            streamed = stream_scan(ctx, uid, params=params, workers=workers,
+                                   scheduler=scheduler, positions=live_positions,
+                                   poll_s=poll_s, idle_timeout_s=idle_timeout_s)
+            if streamed is not None:
+                return streamed
         follow_run(uid, ctx, poll_s=poll_s, idle_timeout_s=idle_timeout_s)
         spec = resolve_run(uid, ctx)
         plan_name = spec.extra.get("plan_name")

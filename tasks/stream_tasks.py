@@ -28,7 +28,7 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 from tomopipe.tasks import run_progress
-from tomopipe.tasks.catalog import catalog_for, run_documents, run_metadata
+from tomopipe.tasks.catalog import catalog_for, frames_landed, run_documents, run_metadata
 from tomopipe.tasks.recon.params import ReconParams
 from tomopipe.tasks.run_tasks import RunFailed
 
@@ -73,11 +73,15 @@ def _wait_for_projections(catalog, uid, ctx, poll_s, idle_timeout_s):
         start, stop = run_metadata(run)
         if stop:
             return start, None
-        try:
-            spec = scan_from_documents(run_documents(run), ctx.data_roots,
-                                       tomo_plans=ctx.tomo_plans)
-        except InputError:
-            spec = None  # no projection yet (or not yet every stream): look again
+        tomo = start.get("tomo") if isinstance(start.get("tomo"), dict) else {}
+        fields = sum(int(tomo.get(k) or 0) for k in ("n_flats", "n_darks"))
+        spec = None
+        if frames_landed(run) > fields:  # cheap: only then read the documents
+            try:
+                spec = scan_from_documents(run_documents(run), ctx.data_roots,
+                                           tomo_plans=ctx.tomo_plans)
+            except InputError:
+                spec = None  # not yet every stream: look again
         if spec is not None and spec.n_angles > 0:
             return start, spec
         time.sleep(poll_s)
@@ -98,7 +102,6 @@ def stream_run(uid: str, ctx: RunContext, params: ReconParams, out: str, *,
     from tomopipe.tasks.recon.engine import _budget
     from tomopipe.tasks.recon_tasks import record_state
     from tomopipe.tasks.sources.angle_plan import planned_angles_deg
-    from tomopipe.tasks.sources.bluesky_run import scan_from_documents
     from tomopipe.tasks.transfer.sites import load_transfer_config
 
     log = get_run_logger()
@@ -159,9 +162,8 @@ def stream_run(uid: str, ctx: RunContext, params: ReconParams, out: str, *,
             if status != "success":
                 reason = stop.get("reason") or "no reason given"
                 raise RunFailed(f"run {uid} ended with exit_status {status!r}: {reason}")
-            final = scan_from_documents(run_documents(catalog[uid]), ctx.data_roots,
-                                        tomo_plans=ctx.tomo_plans)
-            result = run.finish(final.n_angles, recorded_deg=final.angles_deg)
+            # the camera has closed its file before the stop: every frame is on disk
+            result = run.finish(streaming.frames_on_disk(spec.projections[0]))
         except BaseException as exc:
             run.abort(str(exc) or type(exc).__name__)
             raise
