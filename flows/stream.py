@@ -24,7 +24,6 @@ def stream_scan(ctx: RunContext, uid: str, *, params: dict | None = None,
     """Stream run ``uid`` and publish its volume; None when it cannot stream."""
     recon = recon_params(ctx.settings, params)
     out = volume_location(ctx.output_root, uid, recon).path
-    out.parent.mkdir(parents=True, exist_ok=True)
     workers, scheduler = default_compute(ctx, workers, scheduler)
     result = stream_run(uid, ctx, recon, str(out), workers=workers, scheduler=scheduler,
                         positions=positions, poll_s=poll_s, idle_timeout_s=idle_timeout_s)

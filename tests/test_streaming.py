@@ -235,3 +235,31 @@ def test_early_center_waits_for_the_half_turn(tmp_path):
     first = next(k for k in range(16, 721) if covers_half_turn(golden[:k]))
     assert first < 200  # a golden-ratio scan covers 180 degrees early
     assert not covers_half_turn(sequential[:700]) and covers_half_turn(sequential)
+
+
+def test_an_abandoned_stream_leaves_no_volume_and_frees_its_workers(tmp_path, dask_client):
+    size, rows = 32, 4
+    settings = load_settings(tmp_path / "home")
+    docs = Docs()
+    thread, errors = start_scan(settings, docs, size=size, rows=rows, angles=200, fps=40,
+                                angle_order="interlaced")
+    spec, start = wait_for_spec(docs, settings)
+    planned = planned_angles_deg(start["tomo"])
+    params = ReconParams(center=size / 2)
+    out = tmp_path / "run" / "vol.zarr"
+    run = StreamRun.begin(dask_client, spec, params, out, planned_deg=planned,
+                          center=early_center(spec, params, planned, 1),
+                          stream_plan=plan_stream(rows, size, n_workers=2,
+                                                  memory_budget=2**30))
+    deadline = time.monotonic() + 120
+    while run.poll()["frames_in"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    run.abort("the run was aborted")
+    results = [f.result() for f in run.futures if f.status == "finished"]
+    assert results and all(r.get("aborted") == "the run was aborted" for r in results)
+    assert not out.exists() and not run.pub.partial.exists() and not run.live.exists()
+    assert not out.parent.exists()
+    thread.join()
+    assert not errors
+    # the workers are free again at once
+    assert dask_client.submit(sum, [1, 2], pure=False).result(timeout=30) == 3

@@ -20,6 +20,7 @@ Only descriptors travel through the scheduler: file paths, row ranges, parameter
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import math
@@ -185,9 +186,12 @@ def run_block(job: BlockJob) -> dict:
 
     while True:
         control = live_views.read_control(job.live)
+        if not Path(job.live).exists():
+            control = {"abort": "the live views were removed"}
         if control.get("abort"):
-            live_views.write_block_status(job.live, z_rows, {"state": "aborted",
-                                                             "frames_in": acc.frames_in})
+            with contextlib.suppress(OSError):
+                live_views.write_block_status(job.live, z_rows, {"state": "aborted",
+                                                                 "frames_in": acc.frames_in})
             return {"rows": list(rows), "aborted": control["abort"]}
         stop_frames = control.get("stop_frames")
         limit = n_expected if stop_frames is None else min(int(stop_frames), n_expected)
@@ -293,6 +297,7 @@ class StreamRun:
         from tomopipe.tasks.storage.omezarr import create_volume
 
         out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
         key = volume_key(spec, params)
         pub = publish.begin(out, key)
         if pub.state != "fresh":
@@ -403,10 +408,18 @@ class StreamRun:
         """Stop the blocks without writing (the run failed, or the volume is not wanted)."""
         import shutil
 
+        from distributed import wait
+
         live_views.request_stop(self.live, None, abort=reason)
+        with contextlib.suppress(Exception):
+            wait(self.futures, timeout=30)  # the blocks see the request within a poll
         for fut in self.futures:
-            fut.cancel()
+            if not fut.done():
+                fut.cancel()
         shutil.rmtree(self.pub.partial, ignore_errors=True)
+        shutil.rmtree(self.live, ignore_errors=True)  # no volume, no views of one
+        with contextlib.suppress(OSError):
+            self.out.parent.rmdir()  # the run's folder, when nothing else is in it
 
 
 def frames_on_disk(frames: FrameSet) -> int:
