@@ -28,7 +28,8 @@ def add_parser(subparsers) -> None:
                        ("dask-dashboard", "Dask dashboard port")):
         env = f"TOMOPIPE_{name.replace('-', '_').upper()}_PORT"
         up.add_argument(f"--{name}-port", type=int,
-                        help=f"{what} (default: ${env}, else a free one)")
+                        help=f"{what} (default: ${env}, else the configured address's, "
+                             "else the one picked at the first start)")
     up.add_argument("--timeout", type=float, default=180.0,
                     help="seconds each service may take to become healthy (default 180)")
     up.add_argument("--no-bridge", action="store_true", help="do not start the document bridge")
