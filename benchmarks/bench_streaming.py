@@ -109,6 +109,9 @@ def measure(home: Path, state: dict, *, size: int, rows: int, angles: int, fps: 
     if errors:
         raise errors[0]
     row = results_table.read_one(home, uid) or {}
+    while row.get("state") not in ("completed", "failed") and time.monotonic() < deadline:
+        time.sleep(0.1)  # the record follows the preview and the artifacts
+        row = results_table.read_one(home, uid) or {}
     stop = float(marks["stop"])
     scan_s = stop - float(marks["start"])
     during = [(t, a) for t, a in updates if a.get("state") == "streaming" and t <= stop]

@@ -1,7 +1,8 @@
 """Streaming reconstruction on Dask: the volume is accumulated while the scan runs.
 
 Each Dask worker runs one long task for a block of detector rows (``run_block``). It follows the
-detector's HDF5 file (SWMR), reads its own rows of every frame that has landed, normalises them
+detector's HDF5 file (SWMR), reads its own rows of the frames that landed since its last batch
+(gathered for ``batch_every_s``, as each batch costs one NUFFT grid transform), normalises them
 with the flats and darks taken before the projections, and adds their filtered back-projection
 to its running sum (``incremental.FBPAccumulator``). Every ``view_every_s`` it writes its rows
 of the live views and a progress file (``storage.live_views``). When it falls behind it takes
@@ -62,6 +63,7 @@ class BlockJob:
     positions: dict  # {z, y, x} of the live views, volume coordinates
     max_batch: int = DEFAULT_MAX_BATCH
     poll_s: float = 0.05
+    batch_every_s: float = 0.2  # gather frames this long (or max_batch) before a batch
     view_every_s: float = 0.25
     idle_timeout_s: float = 600.0
 
@@ -170,7 +172,7 @@ def run_block(job: BlockJob) -> dict:
     flats = darks = None
     history: list[list[float]] = []
     stats = {"batches": 0, "largest_batch": 0, "read_s": 0.0, "recon_s": 0.0, "views_s": 0.0}
-    landed, last_view, last_new = 0, 0.0, time.monotonic()
+    landed, last_view, last_new, last_batch = 0, 0.0, time.monotonic(), 0.0
     t_start = time.monotonic()
 
     def write_views(state: str) -> None:
@@ -201,7 +203,11 @@ def run_block(job: BlockJob) -> dict:
             landed = _landed(f, job)
             a = acc.frames_in
             b = min(landed, limit, a + job.max_batch)
-            if b > a:
+            # each batch costs a fixed NUFFT grid transform: gather a few frames first, unless
+            # the batch is full or the scan has stopped
+            early = (b - a < job.max_batch and stop_frames is None
+                     and time.monotonic() - last_batch < job.batch_every_s)
+            if b > a and not early:
                 if flats is None:
                     flats, darks = _fields(job)  # taken before the first projection
                 ds = get_dataset(f, job.projections.dataset, source=job.label)
@@ -215,7 +221,7 @@ def run_block(job: BlockJob) -> dict:
             stats["recon_s"] += time.perf_counter() - t1
             stats["batches"] += 1
             stats["largest_batch"] = max(stats["largest_batch"], b - a)
-            last_new = time.monotonic()
+            last_new = last_batch = time.monotonic()
             done = stop_frames is not None and acc.frames_in >= limit
             if done or time.monotonic() - last_view >= job.view_every_s:
                 write_views("streaming")
