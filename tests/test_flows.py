@@ -15,6 +15,7 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 import numpy as np
+import pytest
 import zarr
 from test_flows_support import (  # noqa: F401  (e2_services is a fixture)
     LIVE,
@@ -31,6 +32,9 @@ from tomopipe.tasks.storage.omezarr import is_complete, read_provenance
 from tomopipe.cli import main as cli
 
 SIZE, ROWS, ANGLES = 32, 8, 45
+# The first test of a session also waits for `tomopipe up` (the services fixture): minutes on a
+# busy 2-core machine.
+pytestmark = pytest.mark.timeout(600)
 ROOT = Path(__file__).resolve().parents[1]
 
 
