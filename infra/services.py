@@ -181,7 +181,9 @@ def view(home: Path) -> dict | None:
     ctx = run_context(home)
     settings = ctx.settings
     return {**runtime, **ctx.services.model_dump(exclude_none=True),
-            "zmq_serializer": settings.bus.serializer, "home": str(settings.home),
+            # config.yaml's bus.serializer, unless a production bootstrap's state names one
+            "zmq_serializer": runtime.get("zmq_serializer") or settings.bus.serializer,
+            "home": str(settings.home),
             "prefect_home": str(prefect_home(settings.home)),
             "data_root": str(settings.data_roots[0]),
             "data_roots": [str(r) for r in settings.data_roots],
