@@ -12,7 +12,9 @@ Figures:
   second while the scan ran (after the first one);
 - ``latency_p95_s``: for every projection, from the camera's write (the simulator's
   ``on_frame``) to the first time every worker had written live views holding it (the
-  workers' progress histories), 95th percentile;
+  workers' progress histories), 95th percentile; ``latency_p95_last_half_s`` over the frames
+  of the scan's second half (after the start-up: flow start, first projection, centre found
+  once the angles cover 180 degrees, blocks started: ``first_live_update_after_start_s``);
 - ``stop_to_published_s``: the stop document's time to the volume's rename into place (polled
   every 20 ms), and ``stop_to_recorded_s`` to the results record (after preview and artifacts);
 - peer: the one-shot engine on the same finished scan on the same standing cluster
@@ -130,6 +132,8 @@ def measure(home: Path, state: dict, *, size: int, rows: int, angles: int, fps: 
             t_in.append(h[hit[0], 0] if hit.size else np.nan)
         latencies.append(max(t_in) - t_written)
     lat = np.asarray(latencies)
+    later = np.asarray([x for i, x in zip(written, latencies, strict=True)
+                        if written[i] >= stop - scan_s / 2])  # after the start-up, steady
     lags = [(t, a.get("lag", 0)) for t, a in during]
     half = [lag for t, lag in lags if t >= stop - scan_s / 2]
     streamed = bool(histories) and any(h.shape[0] > 1 for h in histories)
@@ -140,6 +144,10 @@ def measure(home: Path, state: dict, *, size: int, rows: int, angles: int, fps: 
         "live_updates": len(during), "updates_per_s": round(updates_per_s, 2),
         "latency_p50_s": round(float(np.nanpercentile(lat, 50)), 3) if lat.size else None,
         "latency_p95_s": round(float(np.nanpercentile(lat, 95)), 3) if lat.size else None,
+        "latency_p95_last_half_s": (round(float(np.nanpercentile(later, 95)), 3)
+                                    if later.size else None),
+        "first_live_update_after_start_s": (round(during[0][0] - float(marks["start"]), 2)
+                                            if during else None),
         "max_lag": max((lag for _, lag in lags), default=None),
         "lag_last_half_max": max(half, default=None),
         "lag_bounded": bool(half) and max(half) <= max(fps, 1),
