@@ -100,6 +100,8 @@ def main(argv=None) -> int:
                     help="astra reconstructs only this many central slices, its time scaled "
                          "to all (default: all)")
     ap.add_argument("--json", type=Path, help="write the figures here")
+    ap.add_argument("--cache", type=Path,
+                    help="keep the phantom scan and its truth in this folder and reuse them")
     args = ap.parse_args(argv)
 
     import zarr
@@ -112,11 +114,18 @@ def main(argv=None) -> int:
     center = args.n / 2 + 4.3  # off the pixel grid and off the middle
     with tempfile.TemporaryDirectory(prefix="bench_recon_command_") as tmp:
         tmp = Path(tmp)
-        scan = tmp / "scan.h5"
-        d = make_phantom_scan(args.n, args.rows, args.angles, center=center)
-        write_dxchange(scan, d["projections"], d["flats"], d["darks"], d["angles_deg"])
-        truth = d["truth"]
-        del d
+        folder = args.cache or tmp
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"phantom_{args.n}x{args.rows}x{args.angles}"
+        scan, truth_file = folder / f"{name}.h5", folder / f"{name}.truth.npy"
+        if scan.exists() and truth_file.exists():
+            truth = np.load(truth_file)
+        else:
+            d = make_phantom_scan(args.n, args.rows, args.angles, center=center)
+            write_dxchange(scan, d["projections"], d["flats"], d["darks"], d["angles_deg"])
+            truth = d["truth"]
+            np.save(truth_file, truth)
+            del d
 
         spec = open_scan(scan)
         sinos = preprocess_slab(*read_slab(spec, (0, spec.n_rows)), ReconParams())
