@@ -97,6 +97,13 @@ def test_run_context_holds_settings_addresses_and_key(tmp_path):
     with pytest.raises(dataclasses.FrozenInstanceError):
         ctx.tiled_api_key = "other"
 
+    # bluesky's 0MQ addresses may leave out tcp://; anything else is named with its file
+    write_services(tmp_path, {"pids": {}, "zmq_in": "127.0.0.1:5577"})
+    assert run_context(tmp_path).services.port("zmq_in") == 5577
+    write_services(tmp_path, {"pids": {}, "zmq_in": "somewhere"})
+    with pytest.raises(ConfigError, match=r"services\.json: zmq_in: expected an address"):
+        run_context(tmp_path)
+
 
 def test_one_place_decides_key_and_path_and_the_engine_agrees(tmp_path):
     """The flows publish where volume_location says, the engine writes the same key into the

@@ -39,6 +39,7 @@ ADDRESSES_FILE = "addresses.yaml"  # the service addresses `tomopipe up` picked
 
 _HTTP = re.compile(r"^https?://[^\s/:]+(:\d{1,5})?(/\S*)?$")
 _TCP = re.compile(r"^tcp://[^\s/:]+:\d{1,5}$")
+_ZMQ = re.compile(r"^(tcp://)?[^\s/:]+:\d{1,5}$")  # bluesky's 0MQ takes host:port too
 
 
 def _address(pattern: re.Pattern, example: str):
@@ -53,6 +54,7 @@ def _address(pattern: re.Pattern, example: str):
 
 HttpAddress = Annotated[str, _address(_HTTP, "http://127.0.0.1:4200/api")]
 TcpAddress = Annotated[str, _address(_TCP, "tcp://127.0.0.1:8786")]
+ZmqAddress = Annotated[str, _address(_ZMQ, "tcp://127.0.0.1:5577")]
 
 
 class ServiceAddresses(BaseModel):
@@ -64,8 +66,8 @@ class ServiceAddresses(BaseModel):
     prefect_api: HttpAddress | None = None  # http://127.0.0.1:P/api
     prefect_ui: HttpAddress | None = None  # default: prefect_api without /api
     tiled: HttpAddress | None = None
-    zmq_in: TcpAddress | None = None  # the document bus: publishers send here
-    zmq_out: TcpAddress | None = None  # ... and subscribers read here
+    zmq_in: ZmqAddress | None = None  # the document bus: publishers send here
+    zmq_out: ZmqAddress | None = None  # ... and subscribers read here
     dask_scheduler: TcpAddress | None = None
     dask_dashboard: HttpAddress | None = None
     work_pool: str = "tomopipe"
@@ -81,7 +83,7 @@ class ServiceAddresses(BaseModel):
         value = getattr(self, name)
         if not value:
             return None
-        m = re.match(r"^\w+://[^/:]+:(\d+)", value)
+        m = re.match(r"^(?:\w+://)?[^/:]+:(\d+)", value)
         return int(m.group(1)) if m else None
 
 
@@ -183,7 +185,8 @@ def _read_yaml(path: Path) -> dict:
     return raw
 
 
-def _one_line(exc: ValidationError) -> str:
+def one_line(exc: ValidationError) -> str:
+    """The first fault of a pydantic error as ``key: message``, on one line."""
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"])
     message = first["msg"].removeprefix("Value error, ")
@@ -213,7 +216,7 @@ def load_settings(home_dir: Path | str | None = None) -> Settings:
         settings = Settings(home=root, **raw)
     except ValidationError as exc:
         where = cfg_path if not env else f"{cfg_path} (or TOMOPIPE_SERVICES__* variables)"
-        raise ConfigError(f"{where}: {_one_line(exc)}") from None
+        raise ConfigError(f"{where}: {one_line(exc)}") from None
     if settings.cluster:
         from tomopipe.infra.cluster import parse_cluster_config  # no cluster is started
 
@@ -230,7 +233,7 @@ def _picked_addresses(root: Path) -> dict:
     try:
         ServiceAddresses(**picked)
     except (ValidationError, TypeError) as exc:
-        detail = _one_line(exc) if isinstance(exc, ValidationError) else str(exc)
+        detail = one_line(exc) if isinstance(exc, ValidationError) else str(exc)
         raise ConfigError(f"{path}: {detail}") from None
     return picked
 

@@ -20,8 +20,10 @@ import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tomopipe.config import ServiceAddresses, Settings, home, load_settings
-from tomopipe.errors import ServiceError
+from pydantic import ValidationError
+
+from tomopipe.config import ServiceAddresses, Settings, home, load_settings, one_line
+from tomopipe.errors import ConfigError, ServiceError
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ class RunContext:
 
 def run_context(home_dir: str | Path | None = None) -> RunContext:
     """The context of ``home_dir`` (default ``$TOMOPIPE_HOME``)."""
-    from tomopipe.infra.state import read_services
+    from tomopipe.infra.state import read_services, state_path
 
     settings = load_settings(Path(home_dir) if home_dir else home())
     state = read_services(settings.home) or {}
@@ -67,7 +69,11 @@ def run_context(home_dir: str | Path | None = None) -> RunContext:
     # Addresses a production bootstrap recorded in the state file fill what is not configured.
     recorded = {k: state[k] for k in ServiceAddresses.model_fields
                 if state.get(k) and k not in configured}
-    services = ServiceAddresses(**{**recorded, **configured}) if recorded else settings.services
+    try:
+        services = ServiceAddresses(**{**recorded, **configured}) if recorded \
+            else settings.services
+    except ValidationError as exc:  # a state file written by hand or by an older bootstrap
+        raise ConfigError(f"{state_path(settings.home)}: {one_line(exc)}") from None
     cluster = settings.cluster or {}
     if cluster.get("kind") == "address" and not services.dask_scheduler:  # a facility's own
         services = services.model_copy(update={"dask_scheduler": cluster.get("address")})
