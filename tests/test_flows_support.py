@@ -1,7 +1,7 @@
 """Shared by tests/test_bridge.py and tests/test_flows.py: real services, waiting, look-ups.
 
-No tests here. The services are the embedded ones (Prefect server and worker, 0MQ proxy, Tiled,
-bridge) of the session's temporary home, started once per session by engineer E1's ``services``
+No tests here. The services are the embedded ones (Prefect server and worker, Dask, 0MQ proxy,
+Tiled, bridge) of the session's temporary home, started once per session by the ``services``
 fixture (tests/conftest.py).
 """
 
@@ -31,8 +31,8 @@ def wait_for(predicate, timeout: float, interval: float = 0.25, what: str = "con
 
 @pytest.fixture(scope="session")
 def e2_services(services, services_home):
-    """(home, state) of the session's running services (engineer E1's ``services`` fixture),
-    with this process pointed at them."""
+    """(home, state) of the session's running services (the ``services`` fixture), with this
+    process pointed at them."""
     home = Path(state_home(services, services_home))
     return home, _prepare(home, services)
 
