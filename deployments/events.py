@@ -52,6 +52,21 @@ def event_id(uid: str, event: str) -> uuid.UUID:
     return uuid.uuid5(_ID_NAMESPACE, f"{uid}/{event}")
 
 
+def post_event(event: str, resource: dict, payload: dict, id: uuid.UUID):
+    """Send one event and return it once the server has taken it (HTTP 204), or raise.
+
+    Not ``prefect.events.emit_event``: that queues the event for a background websocket and
+    returns at once, so an event queued while the server is down was lost after the bridge had
+    recorded it as sent (and then neither retried nor reconciled)."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.schemas.events import Event
+
+    sent = Event(event=event, resource=resource, payload=payload, id=id)
+    with get_client(sync_client=True) as client:
+        client.request("POST", "/events", json=[sent.model_dump(mode="json")]).raise_for_status()
+    return sent
+
+
 class PrefectEmitter:
     """Sends events to the Prefect server named by PREFECT_API_URL."""
 
@@ -62,9 +77,7 @@ class PrefectEmitter:
             if not PREFECT_API_URL.value():
                 raise ConfigError("PREFECT_API_URL is not set: events would go to a throw-away "
                                   "server and no flow would start")
-            from prefect.events import emit_event
-
-            send = emit_event
+            send = post_event
         self._send = send
 
     def __call__(self, event: str, resource: dict, payload: dict) -> None:
