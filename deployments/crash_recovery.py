@@ -18,6 +18,10 @@ out-of-memory killer) stays ``Running`` in Prefect for good. Two detectors end t
 The first is the one the embedded services rely on: a test or a person waits seconds, not the
 90 s and more that heartbeats need to miss.
 
+A run a worker claimed (``Pending``) but never started (the worker or the server died in
+between) is stuck as well, since no worker takes a Pending run again: the sweep of the next
+worker sets it back to Scheduled.
+
 Then ``sweep`` re-submits every Crashed run of the work pool once, whoever marked it: the same
 deployment with the same parameters, tagged ``RERUN_TAG``, with an idempotency key made of the
 crashed run's id (two sweeps cannot make two re-runs). Its slabs resume from their done-markers
@@ -93,6 +97,38 @@ async def crash_dead_runs(client, home: Path | str) -> list[str]:
     return crashed
 
 
+async def reschedule_unstarted(client, home: Path | str, pool: str, since: datetime) -> list[str]:
+    """Runs a worker claimed (``Pending``) before ``since`` (this worker's start) and never
+    started: no launch record names them. Their worker died between claiming and starting them
+    (or the server went down in between), and no worker takes a Pending run again. They are set
+    back to Scheduled, so this worker starts them; returns their ids."""
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        WorkPoolFilter,
+        WorkPoolFilterName,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Scheduled
+
+    runs = await client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PENDING]))),
+        work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])), limit=200)
+    done = []
+    for run in runs:
+        claimed = run.state.timestamp if run.state else None
+        if claimed is None or claimed >= since or (records_dir(home) / f"{run.id}.json").exists():
+            continue
+        await client.set_flow_run_state(run.id, Scheduled(
+            message="claimed by a worker that never started it: scheduled again"), force=True)
+        log.warning("flow run %s (%s) was claimed but never started: scheduled again",
+                    run.name, run.id)
+        done.append(str(run.id))
+    return done
+
+
 # -- after a crash: record it, run it once more -------------------------------------------------
 async def crashed_runs(client, pool: str) -> list:
     """Crashed flow runs of the work pool from the last day not handled yet."""
@@ -151,10 +187,12 @@ def record_crash(home: Path | str, flow_run) -> None:
                          flow_run_id=str(flow_run.id))
 
 
-async def sweep(client, home: Path | str, pool: str) -> dict:
-    """One round: crash the runs whose processes died, then record and re-run every crashed run
-    of the pool once. Returns {"crashed": [...], "rerun": {crashed id: new id}}."""
+async def sweep(client, home: Path | str, pool: str, since: datetime | None = None) -> dict:
+    """One round: crash the runs whose processes died, schedule again the runs claimed before
+    ``since`` and never started, then record and re-run every crashed run of the pool once.
+    Returns {"crashed": [...], "rescheduled": [...], "rerun": {crashed id: new id}}."""
     crashed = await crash_dead_runs(client, home)
+    rescheduled = await reschedule_unstarted(client, home, pool, since) if since else []
     rerun: dict[str, str | None] = {}
     for flow_run in await crashed_runs(client, pool):
         run_home = (flow_run.parameters or {}).get("home") or home
@@ -164,7 +202,7 @@ async def sweep(client, home: Path | str, pool: str) -> dict:
             log.warning("could not record the crash of %s: %s", flow_run.id, exc)
         rerun[str(flow_run.id)] = await rerun_once(client, flow_run)
         await client.update_flow_run(flow_run.id, tags=[*(flow_run.tags or []), HANDLED_TAG])
-    return {"crashed": crashed, "rerun": rerun}
+    return {"crashed": crashed, "rescheduled": rescheduled, "rerun": rerun}
 
 
 async def watch(home: Path | str, pool: str, every: float = SWEEP_S) -> None:
@@ -172,11 +210,12 @@ async def watch(home: Path | str, pool: str, every: float = SWEEP_S) -> None:
     import anyio
     from prefect.client.orchestration import get_client
 
+    since = datetime.now(UTC)  # runs claimed before this worker started were not its own
     while True:
         try:
             async with get_client() as client:
                 while True:
-                    await sweep(client, home, pool)
+                    await sweep(client, home, pool, since)
                     await anyio.sleep(every)
         except anyio.get_cancelled_exc_class():
             raise
