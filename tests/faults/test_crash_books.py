@@ -60,3 +60,30 @@ def test_the_crash_is_recorded_with_a_reason_a_person_can_read(tmp_path):
         row = results_table.read_one(tmp_path, uid)
         assert row["state"] == "crashed" and expect in row["message"], row
         assert row["message"].endswith("submitted again")
+
+
+def test_runs_claimed_before_this_worker_and_never_started_are_scheduled_again(tmp_path):
+    """A stand-in for Prefect's client (the real one is exercised by the fault cases): only the
+    Pending runs claimed before the worker started, with no launch record, go back."""
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    start = datetime.now(UTC)
+    old, new, started = (SimpleNamespace(id=uuid4(), name=n, state=SimpleNamespace(
+        timestamp=start + timedelta(seconds=dt))) for n, dt in
+        (("old", -60), ("new", 5), ("started", -60)))
+    _record(tmp_path, str(started.id), [[os.getpid(), start_ticks(os.getpid())]])
+
+    class Client:
+        def __init__(self):
+            self.set = []
+
+        async def read_flow_runs(self, **_):
+            return [old, new, started]
+
+        async def set_flow_run_state(self, run_id, state, force=False):
+            self.set.append((run_id, state.type.value, force))
+
+    client = Client()
+    done = asyncio.run(cr.reschedule_unstarted(client, tmp_path, "tomopipe", start))
+    assert done == [str(old.id)] and client.set == [(old.id, "SCHEDULED", True)]
