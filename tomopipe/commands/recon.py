@@ -172,6 +172,11 @@ def _candidates(start: float, stop: float, step: float) -> list[float]:
 
 def _standing_scheduler() -> tuple[str, str] | None:
     """(home, scheduler address) of the home's standing Dask cluster when it answers."""
+    from tomopipe.config import home
+    from tomopipe.infra.state import read_services
+
+    if read_services(home()) is None:  # no services: nothing more to import or ask
+        return None
     from tomopipe.context import run_context
     from tomopipe.infra.processes import tcp_listening
 
