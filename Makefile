@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.installed-$(EXTRAS)
 # its bytecode, and precompile at install.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: install test demo lint bench clean down
+.PHONY: install test demo lint bench clean down browser
 
 install: $(STAMP)
 
@@ -43,7 +43,13 @@ lint: install
 	cd $(LINT_TREE) && PYTHONPATH=. $(CURDIR)/$(BIN)/lint-imports --no-logo --no-cache \
 	  $(CURDIR)/pyproject.toml
 
-test: install lint
+# The UI tests open pages in Debian's headless chromium; install it where we are root (CI is).
+browser:
+	@command -v chromium > /dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+	  > /dev/null 2>&1; } || echo "chromium is not installed: the browser tests will skip"
+
+test: install lint browser
 	$(BIN)/pytest -q -ra
 
 demo: install
