@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -263,3 +264,65 @@ def test_an_abandoned_stream_leaves_no_volume_and_frees_its_workers(tmp_path, da
     assert not errors
     # the workers are free again at once
     assert dask_client.submit(sum, [1, 2], pure=False).result(timeout=30) == 3
+
+
+# --------------------------------------------------- the live flow through the real services
+
+
+def test_live_flow_streams_a_golden_scan_and_runs_json_shows_it(services, services_home):
+    """`tomopipe up` services: bus, bridge, Tiled, the Prefect deployment and the standing Dask
+    cluster. The live flow streams the run; scripts see `live` while it runs, then the
+    timeline."""
+    from test_flows_support import LIVE, artifacts_of, final_run
+    from tomopipe.tasks import results_table
+    from tomopipe.tasks.storage.live_views import live_path
+    from tomopipe.tasks.storage.omezarr import read_provenance
+
+    from tomopipe.commands.runs import list_runs
+
+    home, state = services_home, services
+    settings = load_settings(home)
+    docs = Docs()
+    errors = []
+
+    def scan():
+        try:
+            simulate(settings, size=64, rows=8, angles=360, fps=25, sample="stream-e2e",
+                     publish_to=state["zmq_in"], callbacks=[docs], angle_order="golden",
+                     seed=2)
+        except Exception as exc:  # pragma: no cover - shown by the assertion below
+            errors.append(exc)
+
+    thread = threading.Thread(target=scan, daemon=True)
+    thread.start()
+    while not docs.items and thread.is_alive():
+        time.sleep(0.05)
+    uid = docs.items[0][1]["uid"]
+    live_seen = []
+    while thread.is_alive():
+        entry = next((r for r in list_runs(home) if r["uid"] == uid), None)
+        if entry and entry["live"]:
+            live_seen.append(entry["live"])
+        time.sleep(0.5)
+    thread.join()
+    assert not errors
+    fr = final_run(state, LIVE, uid, 300)
+    assert fr["state_type"] == "COMPLETED", fr["state"]["message"]
+    row = results_table.read_one(home, uid)
+    out = Path(row["output"])
+    assert row["state"] == "completed" and is_complete(out)
+    assert read_provenance(out)["extra"]["streamed"] is True
+    # scripts saw the live reconstruction grow while the scan ran
+    assert live_seen, "no live record while the run was running"
+    assert all(0 <= s["fraction"] <= 1 and s["path"] == str(live_path(out)) for s in live_seen)
+    assert any(0 < s["fraction"] < 1 for s in live_seen)
+    attrs = read_live_attrs(live_path(out))
+    assert attrs["state"] == "published" and attrs["fraction"] == pytest.approx(1.0)
+    entry = next(r for r in list_runs(home) if r["uid"] == uid)
+    timeline = entry["timeline"]
+    assert entry["live"] is None
+    assert None not in timeline.values()
+    assert timeline["start"] <= timeline["running"] <= timeline["published"]
+    assert timeline["start"] < timeline["stop"] <= timeline["published"]
+    kinds = {a["type"] for a in artifacts_of(state, fr["id"])}
+    assert {"progress", "image", "table", "markdown"} <= kinds
