@@ -68,8 +68,7 @@ def parse_time(value) -> float | None:
 def search_runs(catalog, *, plan: str | None = None, since=None, until=None,
                 sample: str | None = None) -> list[str]:
     """Uids of runs matching every criterion given, oldest first."""
-    from bluesky_tiled_plugins.queries import TimeRange
-    from tiled.queries import Key
+    from databroker.queries import Key, TimeRange
 
     results = catalog
     if plan:
