@@ -86,6 +86,9 @@ def service_rows(only: list[str]) -> tuple[list[dict], float]:
         rows_file.touch()
         code, output, seconds = run_pytest(targets, rows_file)
         rows = [json.loads(line) for line in rows_file.read_text().splitlines() if line]
+    log = Path(tempfile.gettempdir()) / "bench_faults.pytest.log"
+    log.write_text(output)  # the whole story of a failed case
+    print(f"pytest output: {log}", file=sys.stderr)
     failed = failures(output)
     for node, why in failed.items():
         rows.append({"case": f"FAILED {node.split('::')[-1]}", "runs_lost": None,
