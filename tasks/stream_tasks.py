@@ -182,6 +182,12 @@ def _follow(run, catalog, uid, ctx, artifact, poll_s, ui_every_s, idle_timeout_s
     last_ui, last_change, last_in = 0.0, time.monotonic(), -1
     key = _artifact_key(uid)
     while True:
+        try:  # the stop first: after it, only the last batch and the publish remain
+            stop = run_metadata(catalog[uid])[1]
+        except KeyError:  # the bridge is rebuilding the run after a restart
+            stop = None
+        if stop:
+            return stop
         live = run.poll()
         now = time.monotonic()
         if live["frames_in"] != last_in:
@@ -198,12 +204,6 @@ def _follow(run, catalog, uid, ctx, artifact, poll_s, ui_every_s, idle_timeout_s
                 create_image_artifact(live_png_data_url(read_views(run.live)), key=key,
                                       description=f"live slices of run {uid}: "
                                                   f"{100 * live['fraction']:.0f} % of the angles")
-        try:
-            stop = run_metadata(catalog[uid])[1]
-        except KeyError:  # the bridge is rebuilding the run after a restart
-            stop = None
-        if stop:
-            return stop
         if now - last_change > idle_timeout_s:
             raise RunFailed(f"run {uid}: nothing new for {idle_timeout_s:.0f} s and no stop "
                             f"document ({last_in} frames in)")

@@ -287,7 +287,7 @@ def test_live_flow_streams_a_golden_scan_and_runs_json_shows_it(services, servic
 
     def scan():
         try:
-            simulate(settings, size=64, rows=8, angles=360, fps=25, sample="stream-e2e",
+            simulate(settings, size=64, rows=8, angles=720, fps=25, sample="stream-e2e",
                      publish_to=state["zmq_in"], callbacks=[docs], angle_order="golden",
                      seed=2)
         except Exception as exc:  # pragma: no cover - shown by the assertion below
