@@ -76,12 +76,14 @@ def _wait_for_projections(catalog, uid, ctx, poll_s, idle_timeout_s):
         tomo = start.get("tomo") if isinstance(start.get("tomo"), dict) else {}
         fields = sum(int(tomo.get(k) or 0) for k in ("n_flats", "n_darks"))
         spec = None
-        if frames_landed(run) > fields:  # cheap: only then read the documents
-            try:
+        try:
+            if frames_landed(run) > fields:  # cheap: only then read the documents
                 spec = scan_from_documents(run_documents(run), ctx.data_roots,
                                            tomo_plans=ctx.tomo_plans)
-            except InputError:
-                spec = None  # not yet every stream: look again
+        except InputError:
+            spec = None  # not yet every stream: look again
+        except KeyError:  # a stream vanished: the bridge is rebuilding the run after a restart
+            spec = None
         if spec is not None and spec.n_angles > 0:
             return start, spec
         time.sleep(poll_s)
