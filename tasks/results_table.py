@@ -36,12 +36,13 @@ def results_path(home: Path) -> Path:
     return Path(home) / "results.sqlite"
 
 
-def _connect(home: Path) -> sqlite3.Connection:
+def _connect(home: Path, table: str = TABLE) -> sqlite3.Connection:
+    """The home's results database (WAL, waiting writers), with ``table`` created if absent."""
     path = results_path(home)
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(path, timeout=30, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
-    db.execute(TABLE)
+    db.execute(table)
     return db
 
 

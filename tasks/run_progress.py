@@ -38,14 +38,9 @@ def note_state(db: sqlite3.Connection, uid: str, state: str, when: float) -> Non
 
 
 def _connect(home: Path) -> sqlite3.Connection:
-    from tomopipe.tasks.results_table import results_path
+    from tomopipe.tasks import results_table  # which imports this module
 
-    path = results_path(home)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, timeout=30, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute(TABLE)
-    return db
+    return results_table._connect(home, TABLE)
 
 
 def record_live(home: Path, uid: str, fraction: float, path: str,
