@@ -25,7 +25,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bench_latency import live_flow_run, on_standing_cluster
+from bench_latency import live_flow_run, on_standing_cluster, services_state
 
 
 def _run(name: str, parameters: dict, timeout: float):
@@ -51,21 +51,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from tomopipe.infra.simulator.run import simulate
-    from tomopipe.infra.state import read_services
     from tomopipe.tasks import results_table
 
     from tomopipe.config import home as default_home
     from tomopipe.config import load_settings
 
     home = default_home()
-    if args.up:
-        from tomopipe.infra import services
-
-        services.up(load_settings(home))
-    state = read_services(home)
-    if state is None:
-        sys.exit(f"no services are up for {home}: run `tomopipe up` or pass --up")
-    os.environ["PREFECT_API_URL"] = state["prefect_api"]
+    state = services_state(home, up=args.up)
     settings = load_settings(home)
 
     sample = f"backfill-bench-{uuid.uuid4().hex[:6]}"

@@ -85,6 +85,25 @@ def measure(home: Path, state: dict, *, size: int, rows: int, angles: int, fps: 
     }
 
 
+def services_state(home: Path, *, up: bool = False) -> dict:
+    """The addresses the benchmarks use and the pids of the home's services (starting them
+    first when ``up``); points Prefect's client at the home's server."""
+    from tomopipe.config import load_settings
+    from tomopipe.context import run_context
+    from tomopipe.infra.state import read_services
+
+    if up:
+        from tomopipe.infra import services
+
+        services.up(load_settings(home))
+    ctx = run_context(home)
+    state = {name: ctx.address(name) for name in ("prefect_api", "zmq_in", "dask_scheduler")}
+    state["zmq_serializer"] = ctx.settings.bus.serializer
+    state["pids"] = (read_services(home) or {}).get("pids", {})  # the standing cluster's
+    os.environ["PREFECT_API_URL"] = state["prefect_api"]
+    return state
+
+
 def standing_workers(state: dict) -> set[int]:
     """Pids of the worker processes of the home's standing Dask cluster."""
     import psutil
@@ -141,21 +160,10 @@ def main(argv=None) -> int:
     p.add_argument("--up", action="store_true", help="start the services of the home first")
     args = p.parse_args(argv)
 
-    from tomopipe.infra.state import read_services
-
     from tomopipe.config import home as default_home
-    from tomopipe.config import load_settings
-    from tomopipe.context import run_context
 
     home = default_home()
-    if args.up:
-        from tomopipe.infra import services
-
-        services.up(load_settings(home))
-    ctx = run_context(home)
-    state = {name: ctx.address(name) for name in ("prefect_api", "zmq_in")}
-    state["pids"] = (read_services(home) or {}).get("pids", {})  # the standing cluster's
-    os.environ["PREFECT_API_URL"] = state["prefect_api"]
+    state = services_state(home, up=args.up)
     results = []
     for _ in range(args.repeat):
         r = measure(home, state, size=args.size, rows=args.rows, angles=args.angles,
