@@ -27,6 +27,8 @@ from pathlib import Path
 
 from bench_latency import live_flow_run, on_standing_cluster, services_state
 
+from tomopipe.context import prefect_api_scope
+
 
 def _run(name: str, parameters: dict, timeout: float):
     from prefect.deployments import run_deployment
@@ -36,6 +38,20 @@ def _run(name: str, parameters: dict, timeout: float):
         raise SystemExit(f"{name} flow run {fr.id} ended {fr.state and fr.state.type.value}: "
                          f"{fr.state and fr.state.message}")
     return fr
+
+
+def _single_then_backfill(home: Path, uids: list[str], sample: str, args) -> tuple[float, float]:
+    """Wall times of the runs reconstructed again one single-run flow after the other, then
+    by one backfill flow run."""
+    t = time.perf_counter()
+    for uid in uids:
+        _run("single-run/single-run", {"uid": uid, "force": True, "home": str(home)},
+             args.timeout)
+    singles_s = time.perf_counter() - t
+    t = time.perf_counter()
+    _run("backfill/backfill", {"sample": sample, "force": True,
+                               "concurrency": args.concurrency, "home": str(home)}, args.timeout)
+    return singles_s, time.perf_counter() - t
 
 
 def main(argv=None) -> int:
@@ -71,18 +87,10 @@ def main(argv=None) -> int:
     print(f"{len(uids)} runs of {args.size} x {args.size} x {args.rows} rows x {args.angles} "
           f"angles published and reconstructed live (sample {sample})", flush=True)
 
-    t = time.perf_counter()
-    for uid in uids:
-        _run("single-run/single-run", {"uid": uid, "force": True, "home": str(home)},
-             args.timeout)
-    singles_s = time.perf_counter() - t
+    with prefect_api_scope(state["prefect_api"]):
+        singles_s, backfill_s = _single_then_backfill(home, uids, sample, args)
     single_ok = all(on_standing_cluster(state, results_table.read_one(home, u)["output"])
                     for u in uids)
-
-    t = time.perf_counter()
-    _run("backfill/backfill", {"sample": sample, "force": True,
-                               "concurrency": args.concurrency, "home": str(home)}, args.timeout)
-    backfill_s = time.perf_counter() - t
     rows = [results_table.read_one(home, u) for u in uids]
     backfill_ok = all(r["state"] == "completed" and on_standing_cluster(state, r["output"])
                       for r in rows)

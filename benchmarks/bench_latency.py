@@ -88,9 +88,10 @@ def measure(home: Path, state: dict, *, size: int, rows: int, angles: int, fps: 
 def services_state(home: Path, *, up: bool = False) -> dict:
     """The addresses the benchmarks use and the pids of the home's services (starting them
     first when ``up``); points Prefect's client at the home's server."""
+    from tomopipe.infra.state import read_services
+
     from tomopipe.config import load_settings
     from tomopipe.context import run_context
-    from tomopipe.infra.state import read_services
 
     if up:
         from tomopipe.infra import services
