@@ -373,7 +373,7 @@ def _connect(address: str) -> Iterator:
     from distributed import Client
 
     try:
-        client = Client(address, timeout="10s")
+        client = Client(address, timeout="10s", set_as_default=False)
     except (OSError, TimeoutError) as exc:
         raise ServiceError(f"Dask scheduler {address}: cannot connect ({exc})") from exc
     try:
@@ -395,7 +395,7 @@ def _slurm_client(cfg: ClusterConfig) -> Iterator:
     try:
         # Adaptive: jobs are submitted while slabs wait and released when idle, within bounds.
         cluster.adapt(minimum_jobs=cfg.min_jobs, maximum_jobs=cfg.max_jobs)
-        with Client(cluster) as client:
+        with Client(cluster, set_as_default=False) as client:
             yield client
     finally:
         cluster.close()
@@ -406,6 +406,11 @@ def dask_client(*, scheduler: str | None = None, workers: int | None = None,
                 memory_limit: int | str | None = None, gpus: int | None = None,
                 cluster: ClusterConfig | Mapping | None = None) -> Iterator:
     """A ``distributed.Client``: to ``scheduler`` if given, else to the configured cluster.
+
+    Never the process's default client: flows run several reconstructions on threads at once
+    (backfill's concurrency), and a default client set by one and closed by another left the
+    others' plain ``.compute()`` calls (Tiled's dataframe reads) asking for a client that was
+    gone. Work goes to the cluster through the client object only.
 
     ``cluster`` (a ClusterConfig or a raw ``cluster:`` mapping) defaults to the one in
     ``$TOMOPIPE_HOME/config.yaml`` unless ``workers`` or ``gpus`` ask for a local cluster.
@@ -433,7 +438,7 @@ def dask_client(*, scheduler: str | None = None, workers: int | None = None,
 
     local = local_cluster(cfg, workers=workers, gpus=gpus, memory_limit=memory_limit)
     try:
-        with Client(local) as client:
+        with Client(local, set_as_default=False) as client:
             yield client
     finally:
         local.close()

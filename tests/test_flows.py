@@ -115,7 +115,10 @@ def test_aborted_scan_fails_with_its_reason(e2_services):  # noqa: F811
 
 def test_backfill_then_everything_is_skipped(e2_services):  # noqa: F811
     """Runs written straight to the catalog (no events, so no live flow) get reconstructed by
-    the backfill deployment; a second backfill finds them all done."""
+    a backfill on the standing Dask cluster, two at a time in one process (``--local``: the
+    deployments of this session reconstruct in-process); a second backfill, through the
+    deployment, finds them all done. Two reconstructions on threads once broke each other: one
+    closed the process's default Dask client while the other's catalog read looked for it."""
     home, state = e2_services
     from tomopipe.deployments.catalog_writer import CatalogWriter
     from tomopipe.infra.simulator.run import simulate
@@ -134,7 +137,8 @@ def test_backfill_then_everything_is_skipped(e2_services):  # noqa: F811
             writer.write(name, doc, uid)
         uids.append(uid)
 
-    first = _cli_json("backfill", "--sample", "backfill-test", "--json")
+    first = _cli_json("backfill", "--sample", "backfill-test", "--local", "--concurrency", "2",
+                      "--json")
     assert first == {"matched": 2, "reconstructed": 2, "skipped": 0, "failed": 0}, first
     for uid in uids:
         row = results_table.read_one(home, uid)

@@ -269,7 +269,7 @@ def _run_jobs(client, jobs: Sequence[SlabJob], progress, done0: int, total: int)
     futures = [client.submit(run_slab, job, key=f"tomopipe-slab-{job.rows[0]}-{token}",
                              pure=False) for job in jobs]
     try:
-        for fut in as_completed(futures):
+        for fut in as_completed(futures, loop=client.loop):  # (no default client is set)
             results.append(fut.result())
             done += 1
             if progress:

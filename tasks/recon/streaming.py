@@ -370,8 +370,6 @@ class StreamRun:
         """The scan stopped with ``n_frames`` projections: let the blocks add the last ones and
         write, then publish. ``recorded_deg``: the angles the run's events recorded, checked
         against the planned ones (a mismatch discards the streamed volume: TomopipeError)."""
-        from distributed import wait
-
         t0 = time.perf_counter()
         planned = np.asarray(self.planned, dtype=np.float64)
         if recorded_deg is not None:
@@ -383,8 +381,8 @@ class StreamRun:
                 raise TomopipeError(f"{self.spec.label}: the recorded angles differ from the "
                                     f"planned ones by more than {ANGLE_TOLERANCE_DEG} degrees")
         live_views.request_stop(self.live, int(n_frames))
-        wait(self.futures, timeout=timeout_s)
-        results = [f.result() for f in self.futures]
+        deadline = time.monotonic() + timeout_s
+        results = [f.result(timeout=max(0.0, deadline - time.monotonic())) for f in self.futures]
         missing = [s for s in self.blocks if not publish.slab_done(self.pub.partial, s)]
         if missing:
             raise TomopipeError(f"{self.out}: blocks {missing} wrote no done-marker")
@@ -414,11 +412,11 @@ class StreamRun:
         """Stop the blocks without writing (the run failed, or the volume is not wanted)."""
         import shutil
 
-        from distributed import wait
-
         live_views.request_stop(self.live, None, abort=reason)
-        with contextlib.suppress(Exception):
-            wait(self.futures, timeout=30)  # the blocks see the request within a poll
+        deadline = time.monotonic() + 30  # the blocks see the request within a poll
+        for fut in self.futures:
+            with contextlib.suppress(Exception):
+                fut.result(timeout=max(0.0, deadline - time.monotonic()))
         for fut in self.futures:
             if not fut.done():
                 fut.cancel()
