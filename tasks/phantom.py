@@ -136,6 +136,11 @@ def _pixel_span(centre: float, reach: float, n: int) -> tuple[int, int]:
     return max(lo, 0), min(hi, n)
 
 
+# Elements of one block of sinograms (rows x angles x sub-rays): a frame at a time, every row
+# of a detector is one block; a whole scan goes a few rows at a time.
+_BLOCK_ELEMENTS = 1 << 22
+
+
 def phantom_projections(
     n: int,
     n_rows: int,
@@ -146,7 +151,9 @@ def phantom_projections(
 ) -> np.ndarray:
     """(angles, n_rows, n) float32 exact line integrals, rotation axis at column ``center``.
 
-    Each detector pixel averages ``subrays`` exact integrals spread across its width.
+    Each detector pixel averages ``subrays`` exact integrals spread across its width. Distinct
+    rows are computed together in blocks (one feature at a time over all the rows it crosses),
+    so a single frame costs a few array operations per feature, not per row.
     """
     _check_size(n, n_rows)
     features = DEFAULT_FEATURES if features is None else tuple(features)
@@ -155,28 +162,47 @@ def phantom_projections(
     k = max(1, int(subrays))
     offsets = (np.arange(k) + 0.5) / k - 0.5
     u = (np.arange(n)[:, None] + offsets[None, :]).ravel() - center  # (n * k,)
-    out = np.zeros((theta.size, n_rows, n), np.float32)
-    cache: dict[tuple, np.ndarray] = {}
+    # semi-axes (pixels) of each feature's section in each row; 0 where the row misses it
+    axes = np.zeros((n_rows, len(features), 2))
     for r, t in enumerate(_row_heights(n_rows)):
-        key = _slice_key(features, t)
-        if key not in cache:
-            sino = np.zeros((theta.size, u.size), np.float64)
-            for i, (a, b) in key:
-                sino += _ellipse_integrals(features[i], a * n, b * n, n, theta, u)
-            cache[key] = sino.reshape(theta.size, n, k).mean(axis=2).astype(np.float32)
-        out[:, r, :] = cache[key]
+        for i, f in enumerate(features):
+            section = f.section(t)
+            if section is not None:
+                axes[r, i] = section[0] * n, section[1] * n
+    # rows crossing the same sections (a cylinder's) have the same sinogram: compute each once
+    unique, which = np.unique(axes.reshape(n_rows, -1), axis=0, return_inverse=True)
+    unique = unique.reshape(-1, len(features), 2)
+    sinos = np.empty((unique.shape[0], theta.size, n), np.float32)
+    step = max(1, _BLOCK_ELEMENTS // max(1, theta.size * u.size))
+    for r0 in range(0, unique.shape[0], step):
+        block = unique[r0:r0 + step]
+        sino = np.zeros((block.shape[0], theta.size, u.size))
+        for i, f in enumerate(features):
+            rows = block[:, i, 0] > 0
+            if rows.all():
+                sino += _ellipse_integrals(f, block[:, i, 0], block[:, i, 1], n, theta, u)
+            elif rows.any():
+                sino[rows] += _ellipse_integrals(f, block[rows, i, 0], block[rows, i, 1], n,
+                                                 theta, u)
+        sinos[r0:r0 + block.shape[0]] = sino.reshape(block.shape[0], theta.size, n, k).mean(axis=3)
+    out = np.empty((theta.size, n_rows, n), np.float32)
+    for r, j in enumerate(which.ravel()):
+        out[:, r, :] = sinos[j]
     return out
 
 
-def _ellipse_integrals(f: Feature, a: float, b: float, n: int, theta, u) -> np.ndarray:
-    """Exact integrals of value * indicator(ellipse) along the rays (theta, u): (angles, len(u))."""
+def _ellipse_integrals(f: Feature, a: np.ndarray, b: np.ndarray, n: int, theta, u) -> np.ndarray:
+    """Exact integrals of value * indicator(ellipse) along the rays (theta, u), for ellipses of
+    semi-axes ``a[m]``, ``b[m]`` (pixels) at the feature's centre: (m, angles, len(u))."""
+    a = np.asarray(a, dtype=np.float64)[:, None]
+    b = np.asarray(b, dtype=np.float64)[:, None]
     x0, y0 = f.cx * n, f.cy * n
     shift = x0 * np.cos(theta) + y0 * np.sin(theta)  # where the ellipse centre projects
     alpha = theta - f.phi
     s2 = (a * np.cos(alpha)) ** 2 + (b * np.sin(alpha)) ** 2  # squared half-width of the shadow
     d = u[None, :] - shift[:, None]
-    inside = np.clip(s2[:, None] - d**2, 0.0, None)
-    return f.value * 2.0 * a * b * np.sqrt(inside) / s2[:, None]
+    inside = np.clip(s2[:, :, None] - d**2, 0.0, None)
+    return f.value * 2.0 * a[:, :, None] * b[:, :, None] * np.sqrt(inside) / s2[:, :, None]
 
 
 def rescale_geometry(features: Sequence[Feature], n_from: int, n_to: int) -> tuple[Feature, ...]:
