@@ -15,7 +15,7 @@ so tests that reconstruct the projections and compare with the volume avoid the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -151,13 +151,25 @@ def phantom_projections(
 ) -> np.ndarray:
     """(angles, n_rows, n) float32 exact line integrals, rotation axis at column ``center``.
 
-    Each detector pixel averages ``subrays`` exact integrals spread across its width. Distinct
-    rows are computed together in blocks (one feature at a time over all the rows it crosses),
-    so a single frame costs a few array operations per feature, not per row.
+    Each detector pixel averages ``subrays`` exact integrals spread across its width.
     """
+    return projector(n, n_rows, center=center, features=features, subrays=subrays)(angles_rad)
+
+
+def projector(
+    n: int,
+    n_rows: int,
+    *,
+    center: float | None = None,
+    features: Sequence[Feature] | None = None,
+    subrays: int = 4,
+) -> Callable[[Sequence[float] | np.ndarray], np.ndarray]:
+    """``phantom_projections`` with everything but the angles worked out once: a simulated
+    camera calls it for each frame. Distinct rows are computed together in blocks (one feature
+    at a time over all the rows it crosses), so a frame costs a few array operations per
+    feature, not per row."""
     _check_size(n, n_rows)
     features = DEFAULT_FEATURES if features is None else tuple(features)
-    theta = np.asarray(angles_rad, dtype=np.float64).ravel()
     center = n / 2 if center is None else float(center)
     k = max(1, int(subrays))
     offsets = (np.arange(k) + 0.5) / k - 0.5
@@ -172,23 +184,31 @@ def phantom_projections(
     # rows crossing the same sections (a cylinder's) have the same sinogram: compute each once
     unique, which = np.unique(axes.reshape(n_rows, -1), axis=0, return_inverse=True)
     unique = unique.reshape(-1, len(features), 2)
-    sinos = np.empty((unique.shape[0], theta.size, n), np.float32)
-    step = max(1, _BLOCK_ELEMENTS // max(1, theta.size * u.size))
-    for r0 in range(0, unique.shape[0], step):
-        block = unique[r0:r0 + step]
-        sino = np.zeros((block.shape[0], theta.size, u.size))
-        for i, f in enumerate(features):
-            rows = block[:, i, 0] > 0
-            if rows.all():
-                sino += _ellipse_integrals(f, block[:, i, 0], block[:, i, 1], n, theta, u)
-            elif rows.any():
-                sino[rows] += _ellipse_integrals(f, block[rows, i, 0], block[rows, i, 1], n,
-                                                 theta, u)
-        sinos[r0:r0 + block.shape[0]] = sino.reshape(block.shape[0], theta.size, n, k).mean(axis=3)
-    out = np.empty((theta.size, n_rows, n), np.float32)
-    for r, j in enumerate(which.ravel()):
-        out[:, r, :] = sinos[j]
-    return out
+    which = which.ravel()
+    present = unique[:, :, 0] > 0  # (distinct rows, features)
+
+    def project(angles_rad: Sequence[float] | np.ndarray) -> np.ndarray:
+        theta = np.asarray(angles_rad, dtype=np.float64).ravel()
+        sinos = np.empty((unique.shape[0], theta.size, n), np.float32)
+        step = max(1, _BLOCK_ELEMENTS // max(1, theta.size * u.size))
+        for r0 in range(0, unique.shape[0], step):
+            block, rows_in = unique[r0:r0 + step], present[r0:r0 + step]
+            sino = np.zeros((block.shape[0], theta.size, u.size))
+            for i, f in enumerate(features):
+                rows = rows_in[:, i]
+                if rows.all():
+                    sino += _ellipse_integrals(f, block[:, i, 0], block[:, i, 1], n, theta, u)
+                elif rows.any():
+                    sino[rows] += _ellipse_integrals(f, block[rows, i, 0], block[rows, i, 1], n,
+                                                     theta, u)
+            sinos[r0:r0 + block.shape[0]] = sino.reshape(block.shape[0], theta.size, n,
+                                                         k).mean(axis=3)
+        out = np.empty((theta.size, n_rows, n), np.float32)
+        for r, j in enumerate(which):
+            out[:, r, :] = sinos[j]
+        return out
+
+    return project
 
 
 def _ellipse_integrals(f: Feature, a: np.ndarray, b: np.ndarray, n: int, theta, u) -> np.ndarray:

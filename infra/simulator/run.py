@@ -67,9 +67,10 @@ def make_renderer(size: int, rows: int) -> tuple[Callable[[float], object], dict
     features = phantom.scale_features(phantom.DEFAULT_FEATURES, scale)
     center = size / 2.0
 
+    project = phantom.projector(size, rows, center=center, features=features)
+
     def render(angle_deg: float):
-        return phantom.phantom_projections(size, rows, [math.radians(angle_deg)], center=center,
-                                           features=features)[0]
+        return project([math.radians(angle_deg)])[0]
 
     info = {"phantom": "tomopipe.tasks.phantom.DEFAULT_FEATURES", "attenuation_scale": scale,
             "center": center}
