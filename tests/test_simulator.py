@@ -194,6 +194,28 @@ def test_fps_makes_the_scan_take_real_time(tmp_path):
     assert paced - free >= 0.8 * 10 / 10.0, (free, paced)
 
 
+def test_camera_keeps_its_frame_period_whatever_the_run_engine_spends(monkeypatch):
+    """--fps is the camera's clock: the time the RunEngine spends between triggers (events,
+    documents, publishing) comes out of the next exposure's wait, not on top of it; after a
+    long pause (a motor move) the next exposure starts at once instead of bursting."""
+    from tomopipe.infra.simulator import devices
+
+    clock = [100.0]
+    monkeypatch.setattr(devices.time, "monotonic", lambda: clock[0])
+    cam = devices.SimCamera("cam", rows=2, cols=4, render=lambda a: np.zeros((2, 4)),
+                            shutter=devices.SimShutter(),
+                            rotation=devices.SimAxis("rot", units="deg"),
+                            sample_axis=devices.SimAxis("x", units="mm"), fps=10.0)
+    waits = []
+    for _ in range(3):
+        waits.append(cam._exposure_left(clock[0]))
+        clock[0] += waits[-1] + 0.03  # the exposure ends, then 30 ms go by before the trigger
+    assert waits == pytest.approx([0.1, 0.07, 0.07])
+    clock[0] += 1.0
+    assert cam._exposure_left(clock[0]) == pytest.approx(0.0)
+    assert cam._exposure_left(clock[0]) == pytest.approx(0.1)
+
+
 def test_abort_after_k_projections_gives_an_aborted_stop(tmp_path):
     rec = Recorder()
     settings = load_settings(tmp_path)

@@ -131,6 +131,7 @@ class SimCamera:
         self._resources: dict[str, str] = {}  # kind -> StreamResource uid
         self._pending: list[tuple[str, dict]] = []
         self._stamp = time.time()
+        self._due: float | None = None  # when the last frame's exposure ends (monotonic)
 
     @property
     def image_key(self) -> str:
@@ -161,6 +162,7 @@ class SimCamera:
         self._files.clear()
         self._resources.clear()
         self._pending.clear()
+        self._due = None
         return [self]
 
     def unstage(self) -> list:
@@ -185,9 +187,17 @@ class SimCamera:
         }))
         if self.on_frame:
             self.on_frame(kind, index, frame)
-        # --fps: the exposure takes real time
-        wait = (1.0 / self.fps - (time.monotonic() - began)) if self.fps else 0.0
-        return _finished(self, wait)
+        return _finished(self, self._exposure_left(began))
+
+    def _exposure_left(self, began: float) -> float:
+        """--fps: frames come on the camera's own clock, one period after the last, whatever
+        the RunEngine spends between triggers; a camera that fell behind starts the next
+        exposure at once (no burst to catch up)."""
+        if not self.fps:
+            return 0.0
+        now = time.monotonic()
+        self._due = max((self._due if self._due is not None else began) + 1.0 / self.fps, now)
+        return self._due - now
 
     def _append(self, kind: str, frame: np.ndarray) -> int:
         f = self._files.get(kind)
