@@ -9,13 +9,11 @@ that names the input and the fault.
 Where the rows come from:
 
 - **service faults** (tests/faults/test_bus.py, test_burst.py, test_documents.py,
-  test_services_killed.py, test_worker_killed.py): real services in a temporary home of their
-  own, started and broken by the tests, which measure their rows (tests/faults/fault_support.py
-  ``matrix_row``) and assert the targets. This script runs them with pytest and collects the
-  rows they write (TOMOPIPE_FAULT_ROWS). A test that fails before it measures shows as a row
-  with its failure.
-- **a Dask worker killed mid-slab**: the compute engineer's test, run when it exists (by name,
-  ``DASK_KILL_TEST``); it asserts its own targets, so its row says whether it passed.
+  test_services_killed.py, test_worker_killed.py, test_dask_worker_killed.py): real services
+  in a temporary home of their own, started and broken by the tests, which measure their rows
+  (tests/faults/fault_support.py ``matrix_row``) and assert the targets. This script runs
+  them with pytest and collects the rows they write (TOMOPIPE_FAULT_ROWS). A test that fails
+  before it measures shows as a row with its failure.
 - **bad files and hostile documents**: ``benchmarks/faults_input.py`` ``cases()``, when present.
 
 Takes about 10-20 minutes on 2 cores (each `tomopipe up` is most of a minute there).
@@ -26,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -41,21 +38,12 @@ SERVICE_CASES = {
     "documents": "tests/faults/test_documents.py",
     "services": "tests/faults/test_services_killed.py",
     "worker": "tests/faults/test_worker_killed.py",
+    "dask": "tests/faults/test_dask_worker_killed.py",
 }
-DASK_KILL_TEST = "test_dask_worker_killed"  # the compute engineer's test function, by name
 COLUMNS = ("case", "runs_lost", "reconstructed_twice", "half_complete", "reads_outside_roots",
            "message")
 HEADERS = ("case", "runs lost", "reconstructed twice", "half volumes complete",
            "reads outside roots", "message a user sees")
-
-
-def find_test(name: str) -> str | None:
-    """The pytest node id of the test function ``name`` under tests/, if one exists."""
-    for path in sorted((REPO / "tests").rglob("test_*.py")):
-        match = re.search(rf"^def ({name}\w*)\(", path.read_text(errors="replace"), re.M)
-        if match:
-            return f"{path.relative_to(REPO)}::{match.group(1)}"
-    return None
 
 
 def run_pytest(targets: list[str], rows_file: Path) -> tuple[int, str, float]:
@@ -78,9 +66,6 @@ def failures(output: str) -> dict[str, str]:
 
 def service_rows(only: list[str]) -> tuple[list[dict], float]:
     targets = [SERVICE_CASES[k] for k in only]
-    dask_test = find_test(DASK_KILL_TEST)
-    if dask_test:
-        targets.append(dask_test)
     with tempfile.TemporaryDirectory() as tmp:
         rows_file = Path(tmp) / "rows.jsonl"
         rows_file.touch()
@@ -94,18 +79,6 @@ def service_rows(only: list[str]) -> tuple[list[dict], float]:
         rows.append({"case": f"FAILED {node.split('::')[-1]}", "runs_lost": None,
                      "reconstructed_twice": None, "half_complete": None,
                      "reads_outside_roots": None, "message": why})
-    if dask_test:
-        passed = not any(node.endswith(dask_test.split("::")[-1]) for node in failed)
-        verdict = "passed (its own assertions)" if passed else "failed"
-        rows.append({"case": "a Dask worker killed mid-slab", "runs_lost": 0 if passed else None,
-                     "reconstructed_twice": 0 if passed else None,
-                     "half_complete": 0 if passed else None, "reads_outside_roots": None,
-                     "message": f"{dask_test}: {verdict}"})
-    else:
-        rows.append({"case": "a Dask worker killed mid-slab", "runs_lost": None,
-                     "reconstructed_twice": None, "half_complete": None,
-                     "reads_outside_roots": None,
-                     "message": f"not run: no test named {DASK_KILL_TEST}* yet"})
     if code not in (0, 1):
         rows.append({"case": "pytest", **dict.fromkeys(COLUMNS[1:5]),
                      "message": output.strip().splitlines()[-1][:160] if output else "no output"})

@@ -341,7 +341,9 @@ class StreamRun:
                            partial=str(pub.partial.absolute()), n_levels=chunk_plan.n_levels,
                            live=str(live.absolute()), positions=positions,
                            max_batch=stream_plan.max_batch, **(block_options or {}))
-            where = {"workers": [workers[i % len(workers)]], "allow_other_workers": False} \
+            # a block per worker; should its worker die, the block runs again from the first
+            # frame elsewhere (a strict placement would leave it waiting for a worker that is gone)
+            where = {"workers": [workers[i % len(workers)]], "allow_other_workers": True} \
                 if workers else {}
             run.futures.append(client.submit(run_block, job, pure=False,
                                              key=f"tomopipe-stream-{a}-{key[:8]}", **where))
