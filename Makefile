@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.installed-$(EXTRAS)
 # its bytecode, and precompile at install.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: install test test-faults demo lint bench clean down browser
+.PHONY: install test test-faults demo lint bench clean down browser slurm
 
 install: $(STAMP)
 
@@ -49,9 +49,16 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
 	  > /dev/null 2>&1; } || echo "chromium is not installed: the browser tests will skip"
 
+# The SLURM tests start a real single-node SLURM (munged, slurmctld, slurmd); install Debian's
+# slurm-wlm and munge where we are root (CI is), else those tests skip saying why.
+slurm:
+	@{ command -v slurmctld && command -v munged; } > /dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge) \
+	  > /dev/null 2>&1; } || echo "slurm-wlm/munge are not installed: the SLURM tests will skip"
+
 # The fault matrix (tests/faults marked slow: real kills, heartbeat timeouts, bursts of scans)
 # takes about half an hour on 2 cores, past the suite's 15-minute budget: it runs on its own.
-test: install lint browser
+test: install lint browser slurm
 	$(BIN)/pytest -q -ra -m "not slow"
 
 test-faults: install

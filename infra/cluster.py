@@ -30,6 +30,13 @@ Where the workers come from is the ``cluster:`` mapping of ``$TOMOPIPE_HOME/conf
       python: /opt/tomopipe/bin/python    # default: this interpreter (shared file system)
       death_timeout_s: 120
       job_name: tomopipe-dask
+      idle_timeout_s: 60   # a worker job idle this long is given back (adaptive scale-down)
+
+With kind slurm, ``tomopipe up`` runs the standing scheduler (``infra/dask_service.py``) on
+the address in ``scheduler_host`` (default loopback: a single-node SLURM) with dask-jobqueue's
+adaptive scaling between ``min_jobs`` and ``max_jobs``: no job while idle, jobs submitted as
+slabs wait, the same warm jobs serve the runs of a burst, and a job whose workers have been idle
+``idle_timeout_s`` seconds is cancelled (checked every second: ``adapt_options``).
 
 Locally: ``LocalCUDACluster`` (one worker per GPU) when GPUs are present, ``LocalCluster`` with
 one single-threaded worker process per core otherwise. dask_cuda and dask_jobqueue are imported
@@ -54,7 +61,7 @@ _ADDRESS_KEYS = {"address"}
 _SLURM_KEYS = {"cores", "memory", "processes", "walltime", "queue", "account", "min_jobs",
                "max_jobs", "gpus_per_job", "job_extra_directives", "job_script_prologue",
                "worker_extra_args", "interface", "scheduler_host", "local_directory",
-               "log_directory", "python", "death_timeout_s", "job_name"}
+               "log_directory", "python", "death_timeout_s", "job_name", "idle_timeout_s"}
 _KEYS = {"local": _LOCAL_KEYS, "address": _ADDRESS_KEYS, "slurm": _SLURM_KEYS}
 # SLURM's accepted time formats: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS
 _WALLTIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
@@ -94,6 +101,7 @@ class ClusterConfig:
     python: str | None = None
     death_timeout_s: float | None = None
     job_name: str | None = None
+    idle_timeout_s: float = 60.0
 
     @property
     def workers_per_job(self) -> int:
@@ -203,6 +211,10 @@ def _parse_slurm(raw: Mapping) -> ClusterConfig:
                               or death <= 0):
         raise ConfigError(f"cluster.death_timeout_s: expected a positive number of seconds, "
                           f"got {death!r}")
+    idle = raw.get("idle_timeout_s", 60.0)
+    if isinstance(idle, bool) or not isinstance(idle, int | float) or idle <= 0:
+        raise ConfigError(f"cluster.idle_timeout_s: expected a positive number of seconds, "
+                          f"got {idle!r}")
     for key in ("job_extra_directives",):
         for d in _strings(raw, key):
             if not d.startswith("-"):
@@ -218,7 +230,7 @@ def _parse_slurm(raw: Mapping) -> ClusterConfig:
         interface=_str(raw, "interface"), scheduler_host=_str(raw, "scheduler_host"),
         local_directory=_str(raw, "local_directory"),
         log_directory=_str(raw, "log_directory"), python=_str(raw, "python"),
-        death_timeout_s=death, job_name=_str(raw, "job_name"),
+        death_timeout_s=death, job_name=_str(raw, "job_name"), idle_timeout_s=float(idle),
     )
 
 
@@ -275,7 +287,20 @@ def slurm_dask_config(cfg: ClusterConfig) -> dict:
     return conf
 
 
-def slurm_cluster(cfg: ClusterConfig):
+ADAPT_INTERVAL_S = 1.0  # how often adaptive scaling looks at the scheduler
+
+
+def adapt_options(cfg: ClusterConfig) -> dict:
+    """``cluster.adapt`` keywords: bounds in jobs, and scale-down only after ``idle_timeout_s``
+    (a worker must be recommended for retirement that many consecutive checks)."""
+    import math
+
+    return {"minimum_jobs": cfg.min_jobs, "maximum_jobs": cfg.max_jobs,
+            "interval": f"{ADAPT_INTERVAL_S}s",
+            "wait_count": max(1, math.ceil(cfg.idle_timeout_s / ADAPT_INTERVAL_S))}
+
+
+def slurm_cluster(cfg: ClusterConfig, scheduler_options: dict | None = None):
     """A ``dask_jobqueue.SLURMCluster`` with its scheduler running here and no jobs submitted.
 
     Its settings go through dask's configuration: the facility's ``jobqueue.slurm`` (dask
@@ -292,6 +317,9 @@ def slurm_cluster(cfg: ClusterConfig):
     # dask's config files spell keys with hyphens; ours must replace theirs, not sit beside them
     ours = {k.replace("_", "-"): v for k, v in slurm_dask_config(cfg).items()}
     merged = {**dask.config.get("jobqueue.slurm", {}), **ours}
+    if scheduler_options:  # the standing service's fixed host and ports
+        merged["scheduler-options"] = {**merged.get("scheduler-options", {}),
+                                       **scheduler_options}
     dask.config.set({f"jobqueue.{JOBQUEUE_CONFIG}": merged})
     try:
         cluster = SLURMCluster(config_name=JOBQUEUE_CONFIG)
@@ -394,7 +422,7 @@ def _slurm_client(cfg: ClusterConfig) -> Iterator:
     cluster = slurm_cluster(cfg)
     try:
         # Adaptive: jobs are submitted while slabs wait and released when idle, within bounds.
-        cluster.adapt(minimum_jobs=cfg.min_jobs, maximum_jobs=cfg.max_jobs)
+        cluster.adapt(**adapt_options(cfg))
         with Client(cluster, set_as_default=False) as client:
             yield client
     finally:

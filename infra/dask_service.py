@@ -15,9 +15,11 @@ and the ``gpu`` extra is installed; ``cluster.workers`` / ``memory_limit`` / ``g
 - Workers import the engine at start (``PRELOAD``), so a run pays no import cost.
 - SIGTERM or SIGINT closes the cluster (workers first) and exits 0.
 
-Kind ``address`` starts nothing: the configured scheduler is used. Kind ``slurm`` is not started
-by ``up`` yet (each run starts its own adaptive SLURM cluster); ``standing_cluster`` is the hook
-where a long-lived SLURM cluster would be built.
+Kind ``address`` starts nothing: the configured scheduler is used. Kind ``slurm`` starts this
+service with a dask-jobqueue ``SLURMCluster`` scaled adaptively (``infra.cluster.adapt_options``):
+the scheduler listens on ``cluster.scheduler_host`` (default 127.0.0.1, right for a single-node
+SLURM) and the service is ready with no worker; jobs come as slabs wait and go after
+``cluster.idle_timeout_s``.
 """
 
 from __future__ import annotations
@@ -55,13 +57,25 @@ def standing_cluster(cfg, *, scheduler_port: int, dashboard_port: int):
         return local_cluster(cfg, host=LOOPBACK, scheduler_port=scheduler_port,
                              dashboard_address=f"{LOOPBACK}:{dashboard_port}",
                              preload=list(PRELOAD))
-    # kind slurm: the hook for a standing adaptive SLURM cluster (a later issue); kind address
-    # has nothing to start.
-    raise ConfigError(f"cluster.kind: {cfg.kind!r} has no standing service here (only local)")
+    if cfg.kind == "slurm":
+        from tomopipe.infra.cluster import adapt_options, slurm_cluster
+
+        cluster = slurm_cluster(cfg, scheduler_options={
+            "host": cfg.scheduler_host or LOOPBACK, "port": scheduler_port,
+            "dashboard_address": f"{LOOPBACK}:{dashboard_port}"})
+        cluster.adapt(**adapt_options(cfg))
+        return cluster
+    raise ConfigError(f"cluster.kind: {cfg.kind!r} has no standing service (the configured "
+                      "scheduler is used)")
 
 
-def addresses(scheduler_port: int, dashboard_port: int) -> dict[str, str]:
-    return {"dask_scheduler": f"tcp://{LOOPBACK}:{scheduler_port}",
+def starts_service(settings) -> bool:
+    """Whether ``tomopipe up`` starts this service for the home's ``cluster:`` (local, slurm)."""
+    return standing_kind(settings) in ("local", "slurm")
+
+
+def addresses(scheduler_port: int, dashboard_port: int, host: str = LOOPBACK) -> dict[str, str]:
+    return {"dask_scheduler": f"tcp://{host}:{scheduler_port}",
             "dask_dashboard": f"http://{LOOPBACK}:{dashboard_port}/status"}
 
 
@@ -82,7 +96,9 @@ def state_keys(settings, scheduler_port: int, dashboard_port: int) -> dict[str, 
         return addresses(scheduler_port, dashboard_port)
     if cfg.kind == "address":
         return {"dask_scheduler": cfg.address}
-    return {}
+    # slurm: adaptive, so no worker is healthy too
+    return {**addresses(scheduler_port, dashboard_port, cfg.scheduler_host or LOOPBACK),
+            "dask_adaptive": "slurm"}
 
 
 def argv(home: Path, scheduler_port: int, dashboard_port: int) -> list[str]:
@@ -96,9 +112,14 @@ def ready(home: Path) -> bool:
 
 
 def healthy(state: dict) -> bool:
-    """The scheduler answers and has at least one worker."""
+    """The scheduler answers and has at least one worker (any number when adaptive)."""
     dashboard = state.get("dask_dashboard")
-    return bool(dashboard) and (workers_joined(dashboard) or 0) >= 1
+    if not dashboard:
+        return False
+    joined = workers_joined(dashboard)
+    if state.get("dask_adaptive"):
+        return joined is not None
+    return (joined or 0) >= 1
 
 
 def workers_joined(dashboard: str) -> int | None:
@@ -136,9 +157,11 @@ def main(argv=None) -> int:
     t0 = time.monotonic()
     cluster = standing_cluster(cfg, scheduler_port=args.scheduler_port,
                                dashboard_port=args.dashboard_port)
-    n = len(cluster.workers)
-    cluster.wait_for_workers(n, timeout=300)
-    info = {**addresses(args.scheduler_port, args.dashboard_port), "workers": n,
+    n = len(cluster.workers) if cfg.kind == "local" else 0  # adaptive: none until work comes
+    if n:
+        cluster.wait_for_workers(n, timeout=300)
+    info = {**addresses(args.scheduler_port, args.dashboard_port,
+                        cfg.scheduler_host or LOOPBACK), "workers": n,
             "kind": type(cluster).__name__, "seconds": round(time.monotonic() - t0, 2)}
     ready = args.home / READY_FILE
     tmp = ready.with_suffix(".tmp")

@@ -372,7 +372,7 @@ def _up(settings: Settings, home: Path, *, ports: Ports | None, timeout: float, 
                                 "--out-address", state["zmq_out"]], env)
         config = tiled_server.write_config(home, data_roots, state["tiled_api_key"])
         run.start("tiled", tiled_server.argv(_exe("tiled"), config, ports.tiled), env)
-        if dask_service.standing_kind(settings) == "local":
+        if dask_service.starts_service(settings):
             (home / dask_service.READY_FILE).unlink(missing_ok=True)
             run.start("dask", dask_service.argv(home, ports.dask_scheduler, ports.dask_dashboard),
                       env, cwd=home)

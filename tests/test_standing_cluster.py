@@ -205,11 +205,13 @@ def test_recon_without_services_runs_slab_threads_in_its_own_process(scan_file, 
           "dask_dashboard": "http://127.0.0.1:8787/status"}),
     ({"kind": "address", "address": "tcp://10.0.0.5:8786"},
      {"dask_scheduler": "tcp://10.0.0.5:8786"}),
-    ({"kind": "slurm", "cores": 4, "memory": "8GB"}, {}),
+    ({"kind": "slurm", "cores": 4, "memory": "8GB"},
+     {"dask_scheduler": "tcp://127.0.0.1:8786", "dask_adaptive": "slurm",
+      "dask_dashboard": "http://127.0.0.1:8787/status"}),
 ])
 def test_what_up_stands_up_follows_the_cluster_kind(tmp_path, cluster, keys):
     """local: this service and its addresses; address: the configured scheduler, nothing
-    started; slurm: nothing standing (each run submits its own adaptive jobs)."""
+    started; slurm: this service, adaptive (no worker until runs come; tests/test_slurm.py)."""
     from tomopipe.config import load_settings
 
     if cluster:

@@ -1,0 +1,135 @@
+"""The standing adaptive cluster on a real single-node SLURM (tests/slurm_support.py).
+
+SLURM (munged, slurmctld, slurmd) is started once for the session in a temporary folder and
+stopped after; the tests skip, saying why, only where it cannot start (not root, no binaries:
+``make slurm`` installs them).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from slurm_support import slurm_fixture
+from tomopipe.infra import dask_service
+from tomopipe.infra.cluster import adapt_options, parse_cluster_config
+from tomopipe.infra.processes import free_port
+
+from tomopipe.config import load_settings
+from tomopipe.errors import ConfigError
+
+JOB_NAME = "tomopipe-test-dask"
+IDLE_S = 15
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    yield from slurm_fixture(tmp_path_factory)
+
+
+def _wait(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_slurm_runs_a_batch_job(slurm, tmp_path):
+    out = tmp_path / "hello.txt"
+    job = slurm.run("sbatch", "--parsable", "-J", "hello", "-o", str(tmp_path / "%j.log"),
+                    "--wrap", f"echo hello from $SLURM_JOB_ID > {out}").strip()
+    _wait(lambda: out.exists() and out.read_text().strip(), 60, "the job's output")
+    assert out.read_text().strip() == f"hello from {job}"
+
+
+def test_idle_timeout_is_validated_and_sets_scale_down():
+    base = {"kind": "slurm", "cores": 1, "memory": "1GB", "max_jobs": 3}
+    cfg = parse_cluster_config({**base, "idle_timeout_s": 30})
+    opts = adapt_options(cfg)
+    assert (opts["minimum_jobs"], opts["maximum_jobs"]) == (0, 3)
+    assert opts["wait_count"] == 30 and opts["interval"] == "1.0s"
+    assert parse_cluster_config(base).idle_timeout_s == 60.0
+    for bad in (0, -1, "soon", True):
+        with pytest.raises(ConfigError, match=r"cluster\.idle_timeout_s: expected a positive"):
+            parse_cluster_config({**base, "idle_timeout_s": bad})
+
+
+def _home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.yaml").write_text(yaml.safe_dump({"cluster": {
+        "kind": "slurm", "cores": 1, "memory": "1GB", "processes": 1, "min_jobs": 0,
+        "max_jobs": 2, "idle_timeout_s": IDLE_S, "walltime": "00:30:00",
+        "job_name": JOB_NAME, "log_directory": str(tmp_path / "job-logs"),
+        "local_directory": str(tmp_path / "worker-space"), "death_timeout_s": 60}}))
+    return home
+
+
+def _scan(path: Path) -> Path:
+    from tomopipe.infra.datasets import make_phantom_scan, write_dxchange
+
+    s = make_phantom_scan(64, 8, 90, center=32.0, n_flats=4, n_darks=4)
+    return write_dxchange(path, s["projections"], s["flats"], s["darks"], s["angles_deg"])
+
+
+def test_standing_slurm_cluster_scales_with_runs_and_gives_jobs_back(slurm, tmp_path):
+    """What ``tomopipe up`` starts for kind slurm: the scheduler with no job while idle, worker
+    jobs in squeue while a reconstruction runs, the warm jobs reused, none after the idle time."""
+    home = _home(tmp_path)
+    sched, dash = free_port(), free_port()
+    log = open(tmp_path / "dask-service.log", "wb")
+    env = {**os.environ, "TOMOPIPE_HOME": str(home)}
+    proc = subprocess.Popen(dask_service.argv(home, sched, dash), stdout=log,
+                            stderr=subprocess.STDOUT, env=env)
+    ours = lambda: [j for j in slurm.jobs() if j[1] == JOB_NAME]  # noqa: E731
+    try:
+        _wait(lambda: dask_service.ready(home) or proc.poll() is not None, 120, "the service")
+        assert proc.poll() is None, (tmp_path / "dask-service.log").read_text()
+        state = dask_service.state_keys(load_settings(home), sched, dash)
+        assert dask_service.healthy(state)
+        time.sleep(2)
+        assert ours() == [], "jobs were submitted while nothing was asked of the cluster"
+
+        scan = _scan(tmp_path / "scan.h5")
+        seen: set[str] = set()
+
+        def recon(out: str) -> subprocess.CompletedProcess:
+            run = subprocess.Popen(
+                [str(Path(sys.executable).with_name("tomopipe")), "recon", str(scan), "--out",
+                 str(tmp_path / out), "--center", "32", "--scheduler",
+                 state["dask_scheduler"], "--json"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            while run.poll() is None:
+                seen.update(j[0] for j in ours())
+                time.sleep(0.5)
+            out_, err = run.communicate()
+            assert run.returncode == 0, err[-2000:]
+            return out_
+
+        recon("a.zarr")
+        first = set(seen)
+        assert first, "no SLURM job was submitted for the run"
+        assert len(first) <= 2  # max_jobs
+        recon("b.zarr")  # a second run of the burst, right after: the warm jobs serve it
+        assert seen == first, f"new jobs {seen - first} for the second run of a burst"
+        assert (tmp_path / "a.zarr").is_dir() and (tmp_path / "b.zarr").is_dir()
+        _wait(lambda: not ours(), IDLE_S + 90, "the idle jobs to be given back")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        for job_id, _, _ in ours():
+            subprocess.run(["scancel", job_id], env=slurm.env(), check=False)
