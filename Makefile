@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.installed-$(EXTRAS)
 # its bytecode, and precompile at install.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: install test test-faults demo lint bench clean down browser slurm
+.PHONY: install test test-faults demo lint bench clean down browser slurm postgres
 
 install: $(STAMP)
 
@@ -56,9 +56,15 @@ slurm:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge) \
 	  > /dev/null 2>&1; } || echo "slurm-wlm/munge are not installed: the SLURM tests will skip"
 
+# Prefect on PostgreSQL (tests/test_postgres.py) starts Debian's server in a temporary folder.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl > /dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) \
+	  > /dev/null 2>&1; } || echo "postgresql is not installed: the PostgreSQL tests will skip"
+
 # The fault matrix (tests/faults marked slow: real kills, heartbeat timeouts, bursts of scans)
 # takes about half an hour on 2 cores, past the suite's 15-minute budget: it runs on its own.
-test: install lint browser slurm
+test: install lint browser slurm postgres
 	$(BIN)/pytest -q -ra -m "not slow"
 
 test-faults: install

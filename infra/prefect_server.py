@@ -32,8 +32,16 @@ def immediate_sqlite_transactions() -> None:
     AioSqliteConfiguration.begin_transaction = begin_transaction
 
 
+def uses_sqlite(url: str | None) -> bool:
+    """Whether the server's database (PREFECT_API_DATABASE_CONNECTION_URL) is SQLite."""
+    return not url or url.startswith("sqlite")
+
+
 def main(argv: list[str]) -> int:
-    immediate_sqlite_transactions()
+    import os
+
+    if uses_sqlite(os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL")):
+        immediate_sqlite_transactions()  # PostgreSQL: Prefect untouched
     from prefect.cli import app
 
     sys.argv = ["prefect", *argv]

@@ -1,0 +1,82 @@
+"""Prefect's server on a real PostgreSQL (tests/pg_support.py), as a facility runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from pg_support import postgres_unavailable, start_postgres
+from tomopipe.infra.prefect_server import uses_sqlite
+from tomopipe.infra.processes import free_port
+
+FLOW = """
+from prefect import flow, task
+
+@task
+def double(x):
+    return 2 * x
+
+@flow(name="pg-check")
+def check():
+    return sum(double.map([1, 2, 3]).result())
+
+assert check() == 12
+"""
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    reason = postgres_unavailable()
+    if reason:
+        pytest.skip(reason)
+    pg = start_postgres(tmp_path_factory.mktemp("pg"), free_port())
+    yield pg
+    pg.stop()
+
+
+def test_sqlite_patch_only_for_sqlite():
+    assert uses_sqlite(None) and uses_sqlite("sqlite+aiosqlite:///x.db")
+    assert not uses_sqlite("postgresql+asyncpg://u@127.0.0.1:5432/prefect")
+
+
+def test_prefect_server_on_postgres_records_flow_runs(postgres, tmp_path):
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"),
+           "PREFECT_API_DATABASE_CONNECTION_URL": postgres.url,
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
+    log = open(tmp_path / "prefect.log", "wb")
+    server = subprocess.Popen([sys.executable, "-m", "tomopipe.infra.prefect_server", "server",
+                               "start", "--host", "127.0.0.1", "--port", str(port)],
+                              env=env, stdout=log, stderr=subprocess.STDOUT)
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, (tmp_path / "prefect.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"{api}/health", timeout=2).is_success:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "Prefect server did not become healthy"
+            time.sleep(0.5)
+        done = subprocess.run([sys.executable, "-c", FLOW], env={**env, "PREFECT_API_URL": api},
+                              capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr[-3000:]
+        # the run and its task runs are rows of the PostgreSQL database
+        assert postgres.psql("select count(*) from flow_run f join flow on f.flow_id = flow.id "
+                             "where flow.name = 'pg-check' and f.state_type = 'COMPLETED'"
+                             ).strip() == "1"
+        assert int(postgres.psql("select count(*) from task_run").strip()) >= 3
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
