@@ -103,6 +103,12 @@ def prefect_home(home: Path) -> Path:
     return Path(home) / "prefect"
 
 
+def _database_env(settings) -> dict[str, str]:
+    """The Prefect server's database: ``services.prefect_database`` (PostgreSQL at a facility)."""
+    url = settings.services.prefect_database
+    return {"PREFECT_API_DATABASE_CONNECTION_URL": url} if url else {}
+
+
 def base_env(home: Path, prefect_api: str | None = None) -> dict[str, str]:
     """The environment of every service process: this home, its own PREFECT_HOME."""
     env = dict(os.environ)
@@ -180,7 +186,9 @@ def view(home: Path) -> dict | None:
         return None
     ctx = run_context(home)
     settings = ctx.settings
-    return {**runtime, **ctx.services.model_dump(exclude_none=True),
+    # the database URL may hold a password: not shown
+    return {**runtime, **ctx.services.model_dump(exclude_none=True,
+                                                 exclude={"prefect_database"}),
             # config.yaml's bus.serializer, unless a production bootstrap's state names one
             "zmq_serializer": runtime.get("zmq_serializer") or settings.bus.serializer,
             "home": str(settings.home),
@@ -362,7 +370,8 @@ def _up(settings: Settings, home: Path, *, ports: Ports | None, timeout: float, 
         # Prefect's default port, not this server's, and the page cannot connect.
         run.start("prefect", [sys.executable, "-m", "tomopipe.infra.prefect_server", "server",
                               "start", "--host", LOOPBACK, "--port", str(ports.prefect)],
-                  {**base_env(home, None), "PREFECT_UI_API_URL": prefect_api}, cwd=home)
+                  {**base_env(home, None), "PREFECT_UI_API_URL": prefect_api,
+                   **_database_env(settings)}, cwd=home)
         # The worker imports Prefect meanwhile and starts when the server answers; it creates
         # the process work pool when it is absent.
         run.start("worker", [sys.executable, "-m", "tomopipe.infra.worker_server",

@@ -80,3 +80,35 @@ def test_prefect_server_on_postgres_records_flow_runs(postgres, tmp_path):
             server.kill()
             server.wait()
         log.close()
+
+
+def test_bad_database_url_is_one_line_naming_the_key(tmp_path):
+    from tomopipe.config import load_settings
+    from tomopipe.errors import ConfigError
+
+    (tmp_path / "config.yaml").write_text("services:\n  prefect_database: mysql://db/prefect\n")
+    with pytest.raises(ConfigError, match=r"services\.prefect_database: expected postgresql"):
+        load_settings(tmp_path)
+
+
+@pytest.mark.slow
+def test_tomopipe_up_runs_prefect_on_the_configured_postgres(postgres, tmp_path):
+    """Facility mode: ``services.prefect_database`` puts the services' Prefect on PostgreSQL
+    (the deployments ``up`` registers are rows there) and status does not show the URL."""
+    import yaml
+    from conftest import tomopipe_cli
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (tmp_path / "data").mkdir()
+    (home / "config.yaml").write_text(yaml.safe_dump({
+        "data_roots": [str(tmp_path / "data")],
+        "services": {"prefect_database": postgres.url}}))
+    try:
+        up = tomopipe_cli("up", "--timeout=240", home=home, timeout=300)
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert int(postgres.psql("select count(*) from deployment").strip()) >= 1
+        status = tomopipe_cli("status", "--json", home=home)
+        assert postgres.url not in status.stdout
+    finally:
+        tomopipe_cli("down", home=home, timeout=120)

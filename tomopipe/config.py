@@ -71,6 +71,18 @@ class ServiceAddresses(BaseModel):
     dask_scheduler: TcpAddress | None = None
     dask_dashboard: HttpAddress | None = None
     work_pool: str = "tomopipe"
+    # Facility mode: the Prefect server's database (postgresql+asyncpg://user@host:port/db);
+    # None: SQLite under the home's PREFECT_HOME.
+    prefect_database: str | None = None
+
+    @field_validator("prefect_database")
+    @classmethod
+    def _database_url(cls, value):
+        if value is not None and not re.match(r"^(postgresql\+asyncpg|sqlite\+aiosqlite)://\S+$",
+                                              value):
+            raise ValueError("expected postgresql+asyncpg://USER@HOST:PORT/DB (or "
+                             "sqlite+aiosqlite:///PATH)")
+        return value
 
     @model_validator(mode="after")
     def _ui_from_api(self):
