@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.installed-$(EXTRAS)
 # its bytecode, and precompile at install.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: install test test-faults demo lint bench clean down browser slurm postgres
+.PHONY: install test test-faults demo lint bench clean down browser slurm postgres test-facility
 
 install: $(STAMP)
 
@@ -69,6 +69,10 @@ test: install lint browser slurm postgres
 
 test-faults: install
 	$(BIN)/pytest -q -ra -m slow
+
+# Beyond one machine, the slow part: tomopipe up with Prefect on the test PostgreSQL.
+test-facility: install slurm postgres
+	$(BIN)/pytest -q -ra tests/test_slurm.py tests/test_slurm_resources.py tests/test_postgres.py
 
 demo: install
 	$(BIN)/python -m tomopipe.infra.demo
