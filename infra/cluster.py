@@ -511,6 +511,11 @@ def local_cluster(cfg: ClusterConfig | None = None, *, workers: int | None = Non
                         memory_limit=limit or default_memory_per_worker(n), **where)
 
 
+def _scheduler_expected(dask_scheduler=None):
+    """On the scheduler: what its adaptive jobs will bring (set by the standing service)."""
+    return getattr(dask_scheduler, "tomopipe_expected", None)
+
+
 def worker_resources(client) -> tuple[int, int | None]:
     """(number of workers, smallest memory limit among them) of a connected cluster.
 
@@ -520,6 +525,12 @@ def worker_resources(client) -> tuple[int, int | None]:
     workers = info.get("workers", {})
     limits = [w.get("memory_limit") for w in workers.values() if w.get("memory_limit")]
     expected = getattr(getattr(client, "cluster", None), "tomopipe_expected", None)
+    if not workers and expected is None and getattr(client, "cluster", None) is None:
+        # connected by address to a standing adaptive scheduler (dask_service, kind slurm)
+        try:
+            expected = client.run_on_scheduler(_scheduler_expected)
+        except Exception:  # an older or foreign scheduler: plan from what is known
+            expected = None
     if not workers and expected:
-        return expected
+        return tuple(expected)
     return len(workers), (min(limits) if limits else None)

@@ -64,6 +64,8 @@ def standing_cluster(cfg, *, scheduler_port: int, dashboard_port: int):
             "host": cfg.scheduler_host or LOOPBACK, "port": scheduler_port,
             "dashboard_address": f"{LOOPBACK}:{dashboard_port}"})
         cluster.adapt(**adapt_options(cfg))
+        # clients connect by address: the scheduler tells them what the jobs will bring
+        cluster.scheduler.tomopipe_expected = cluster.tomopipe_expected
         return cluster
     raise ConfigError(f"cluster.kind: {cfg.kind!r} has no standing service (the configured "
                       "scheduler is used)")

@@ -96,6 +96,12 @@ def test_standing_slurm_cluster_scales_with_runs_and_gives_jobs_back(slurm, tmp_
         assert proc.poll() is None, (tmp_path / "dask-service.log").read_text()
         state = dask_service.state_keys(load_settings(home), sched, dash)
         assert dask_service.healthy(state)
+        from distributed import Client
+        from tomopipe.infra.cluster import worker_resources
+
+        with Client(state["dask_scheduler"], set_as_default=False) as client:
+            # no worker yet: the planner sizes slabs from what the jobs will bring
+            assert worker_resources(client) == (2, 10**9)
         time.sleep(2)
         assert ours() == [], "jobs were submitted while nothing was asked of the cluster"
 
