@@ -125,8 +125,10 @@ def test_standing_slurm_cluster_scales_with_runs_and_gives_jobs_back(slurm, tmp_
         first = set(seen)
         assert first, "no SLURM job was submitted for the run"
         assert len(first) <= 2  # max_jobs
+        seen.clear()
         recon("b.zarr")  # a second run of the burst, right after: the warm jobs serve it
-        assert seen == first, f"new jobs {seen - first} for the second run of a burst"
+        assert seen & first, f"the second run of a burst got only new jobs {seen}"
+        assert len(first | seen) <= 2  # max_jobs over the burst
         assert (tmp_path / "a.zarr").is_dir() and (tmp_path / "b.zarr").is_dir()
         _wait(lambda: not ours(), IDLE_S + 90, "the idle jobs to be given back")
     finally:
