@@ -39,7 +39,7 @@ def live_run(uid: str, params: dict | None = None, workers: int | None = None,
         spec = resolve_run(uid, ctx)
         plan_name = spec.extra.get("plan_name")
         return reconstruct_scan(spec, ctx, source=uid, plan_name=plan_name, params=params,
-                                workers=workers, scheduler=scheduler)
+                                workers=workers, scheduler=scheduler, live=True)
     except (RunFailed, TomopipeError) as exc:
         return fail(ctx, uid, plan_name, exc)
     except Exception as exc:

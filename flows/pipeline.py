@@ -32,8 +32,11 @@ def default_compute(ctx: RunContext, workers: int | None,
 def reconstruct_scan(spec: ScanSpec, ctx: RunContext, *, source: str,
                      plan_name: str | None = None, params: dict | None = None,
                      workers: int | None = None, scheduler: str | None = None,
-                     force: bool = False) -> dict:
-    """Stage, reconstruct and publish one scan inside the calling flow (or task)."""
+                     force: bool = False, live: bool = False) -> dict:
+    """Stage, reconstruct and publish one scan inside the calling flow (or task).
+
+    ``live``: the run was just acquired; on an adaptive cluster the reconstruction asks for the
+    workers that keep up with its acquisition rate (any other run: the backfill deadline)."""
     recon = recon_params(ctx.settings, params)
     out = volume_location(ctx.output_root, spec, recon).path
     workers, scheduler = default_compute(ctx, workers, scheduler)
@@ -42,8 +45,9 @@ def reconstruct_scan(spec: ScanSpec, ctx: RunContext, *, source: str,
     staged = stage(spec, ctx)
     t1 = time.perf_counter()
     # force: recompute even a complete volume with the same key, swapped in atomically at the end
+    rate = staged.extra.get("frames_per_s") if live else None
     result = reconstruct_volume(staged, recon, str(out), workers=workers, scheduler=scheduler,
-                                overwrite=force)
+                                overwrite=force, frames_per_s=rate)
     t2 = time.perf_counter()
     published = publish(ctx, source, plan_name, result, recon,
                         {"stage_s": t1 - t0, "reconstruct_task_s": t2 - t1})

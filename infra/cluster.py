@@ -31,6 +31,15 @@ Where the workers come from is the ``cluster:`` mapping of ``$TOMOPIPE_HOME/conf
       death_timeout_s: 120
       job_name: tomopipe-dask
       idle_timeout_s: 60   # a worker job idle this long is given back (adaptive scale-down)
+      worker_throughput: 1e7     # sinogram elements (row x angle x column) a worker does a second
+      backfill_deadline_s: 600   # a run that is not live is reconstructed within this
+
+Before a run submits its slabs to a SLURM cluster it asks for the workers that reconstruct the
+scan in time (``tasks.recon.resources``, ``infra.scaling``): a live run keeps up with the
+detector (its acquisition rate), any other run meets ``backfill_deadline_s``; a request above
+``max_jobs`` is refused before any job is submitted. ``worker_throughput`` defaults to about half
+the fourier backend's one-thread FBP speed on a 2-core test machine (README Benchmarks: 512 x
+720 sinograms at 0.018 s a slice, 2e7 elements/s), leaving room for reading and writing.
 
 With kind slurm, ``tomopipe up`` runs the standing scheduler (``infra/dask_service.py``) on
 the address in ``scheduler_host`` (default loopback: a single-node SLURM) with dask-jobqueue's
@@ -61,7 +70,8 @@ _ADDRESS_KEYS = {"address"}
 _SLURM_KEYS = {"cores", "memory", "processes", "walltime", "queue", "account", "min_jobs",
                "max_jobs", "gpus_per_job", "job_extra_directives", "job_script_prologue",
                "worker_extra_args", "interface", "scheduler_host", "local_directory",
-               "log_directory", "python", "death_timeout_s", "job_name", "idle_timeout_s"}
+               "log_directory", "python", "death_timeout_s", "job_name", "idle_timeout_s",
+               "worker_throughput", "backfill_deadline_s"}
 _KEYS = {"local": _LOCAL_KEYS, "address": _ADDRESS_KEYS, "slurm": _SLURM_KEYS}
 # SLURM's accepted time formats: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS
 _WALLTIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
@@ -102,6 +112,8 @@ class ClusterConfig:
     death_timeout_s: float | None = None
     job_name: str | None = None
     idle_timeout_s: float = 60.0
+    worker_throughput: float = 1e7  # sinogram elements a worker reconstructs a second
+    backfill_deadline_s: float = 600.0
 
     @property
     def workers_per_job(self) -> int:
@@ -137,6 +149,19 @@ def _strings(raw: Mapping, key: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"cluster.{key}: expected a list of strings, got {value!r}")
     return tuple(value)
+
+
+def _positive(raw: Mapping, key: str, default: float, what: str) -> float:
+    value = raw.get(key, default)
+    if isinstance(value, str):  # YAML reads 1e7 (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0 \
+            or value == float("inf"):
+        raise ConfigError(f"cluster.{key}: expected {what}, got {value!r}")
+    return value
 
 
 def _size(raw: Mapping, key: str) -> int | None:
@@ -211,10 +236,10 @@ def _parse_slurm(raw: Mapping) -> ClusterConfig:
                               or death <= 0):
         raise ConfigError(f"cluster.death_timeout_s: expected a positive number of seconds, "
                           f"got {death!r}")
-    idle = raw.get("idle_timeout_s", 60.0)
-    if isinstance(idle, bool) or not isinstance(idle, int | float) or idle <= 0:
-        raise ConfigError(f"cluster.idle_timeout_s: expected a positive number of seconds, "
-                          f"got {idle!r}")
+    idle = _positive(raw, "idle_timeout_s", 60.0, "a positive number of seconds")
+    throughput = _positive(raw, "worker_throughput", 1e7,
+                           "a positive number of sinogram elements a second")
+    backfill = _positive(raw, "backfill_deadline_s", 600.0, "a positive number of seconds")
     for key in ("job_extra_directives",):
         for d in _strings(raw, key):
             if not d.startswith("-"):
@@ -231,6 +256,7 @@ def _parse_slurm(raw: Mapping) -> ClusterConfig:
         local_directory=_str(raw, "local_directory"),
         log_directory=_str(raw, "log_directory"), python=_str(raw, "python"),
         death_timeout_s=death, job_name=_str(raw, "job_name"), idle_timeout_s=float(idle),
+        worker_throughput=float(throughput), backfill_deadline_s=float(backfill),
     )
 
 
@@ -423,6 +449,9 @@ def _slurm_client(cfg: ClusterConfig) -> Iterator:
     try:
         # Adaptive: jobs are submitted while slabs wait and released when idle, within bounds.
         cluster.adapt(**adapt_options(cfg))
+        from tomopipe.infra.scaling import install
+
+        install(cluster, cfg)  # runs ask the cluster for workers (infra.scaling)
         with Client(cluster, set_as_default=False) as client:
             yield client
     finally:

@@ -19,7 +19,8 @@ Kind ``address`` starts nothing: the configured scheduler is used. Kind ``slurm`
 service with a dask-jobqueue ``SLURMCluster`` scaled adaptively (``infra.cluster.adapt_options``):
 the scheduler listens on ``cluster.scheduler_host`` (default 127.0.0.1, right for a single-node
 SLURM) and the service is ready with no worker; jobs come as slabs wait and go after
-``cluster.idle_timeout_s``.
+``cluster.idle_timeout_s``. Its scheduler takes the runs' requests for workers
+(``infra.scaling``): a run asks before it submits a slab and releases after its last.
 """
 
 from __future__ import annotations
@@ -64,8 +65,12 @@ def standing_cluster(cfg, *, scheduler_port: int, dashboard_port: int):
             "host": cfg.scheduler_host or LOOPBACK, "port": scheduler_port,
             "dashboard_address": f"{LOOPBACK}:{dashboard_port}"})
         cluster.adapt(**adapt_options(cfg))
-        # clients connect by address: the scheduler tells them what the jobs will bring
+        # clients connect by address: the scheduler tells them what the jobs will bring,
+        # and takes their requests for workers (infra.scaling)
         cluster.scheduler.tomopipe_expected = cluster.tomopipe_expected
+        from tomopipe.infra.scaling import install
+
+        install(cluster, cfg)
         return cluster
     raise ConfigError(f"cluster.kind: {cfg.kind!r} has no standing service (the configured "
                       "scheduler is used)")

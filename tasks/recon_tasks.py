@@ -49,8 +49,9 @@ def recon_params(settings: Settings, overrides: dict | None = None) -> ReconPara
 @task(name="reconstruct", **RETRY)
 def reconstruct_volume(spec: ScanSpec, params: ReconParams, out: str, *,
                        workers: int | None = None, scheduler: str | None = None,
-                       overwrite: bool = False) -> dict:
-    """Reconstruct with the engine, its slab progress shown as a progress artifact."""
+                       overwrite: bool = False, frames_per_s: float | None = None) -> dict:
+    """Reconstruct with the engine, its slab progress shown as a progress artifact
+    (``frames_per_s``: a live run's acquisition rate, for its request for workers)."""
     from tomopipe.tasks.recon.engine import reconstruct
 
     artifact = create_progress_artifact(0.0, description=f"reconstructing {spec.label}")
@@ -67,7 +68,7 @@ def reconstruct_volume(spec: ScanSpec, params: ReconParams, out: str, *,
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     staging = {k: spec.extra[k] for k in ("manifest", "transfer") if k in spec.extra}
     result = reconstruct(spec, params, out, workers=workers, scheduler=scheduler,
-                         progress=progress, overwrite=overwrite,
+                         progress=progress, overwrite=overwrite, frames_per_s=frames_per_s,
                          extra_provenance={"run_uid": spec.identity, **staging})
     update_progress_artifact(artifact, 100.0, description=f"done: {out}")
     return result.to_dict()

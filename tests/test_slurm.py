@@ -7,6 +7,7 @@ stopped after; the tests skip, saying why, only where it cannot start (not root,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -63,10 +64,10 @@ def test_idle_timeout_is_validated_and_sets_scale_down():
             parse_cluster_config({**base, "idle_timeout_s": bad})
 
 
-def _home(tmp_path: Path) -> Path:
+def _home(tmp_path: Path, **more) -> Path:
     home = tmp_path / "home"
     home.mkdir()
-    (home / "config.yaml").write_text(yaml.safe_dump({"cluster": {
+    (home / "config.yaml").write_text(yaml.safe_dump({"cluster": {**more,
         "kind": "slurm", "cores": 1, "memory": "1GB", "processes": 1, "min_jobs": 0,
         "max_jobs": 2, "idle_timeout_s": IDLE_S, "walltime": "00:30:00",
         "job_name": JOB_NAME, "log_directory": str(tmp_path / "job-logs"),
@@ -141,3 +142,112 @@ def test_standing_slurm_cluster_scales_with_runs_and_gives_jobs_back(slurm, tmp_
         log.close()
         for job_id, _, _ in ours():
             subprocess.run(["scancel", job_id], env=slurm.env(), check=False)
+
+
+@contextlib.contextmanager
+def _standing_service(home: Path, log_path: Path):
+    """The ``dask`` service ``tomopipe up`` starts for kind slurm; yields its state keys."""
+    sched, dash = free_port(), free_port()
+    log = open(log_path, "wb")
+    env = {**os.environ, "TOMOPIPE_HOME": str(home)}
+    proc = subprocess.Popen(dask_service.argv(home, sched, dash), stdout=log,
+                            stderr=subprocess.STDOUT, env=env)
+    try:
+        _wait(lambda: dask_service.ready(home) or proc.poll() is not None, 120, "the service")
+        assert proc.poll() is None, log_path.read_text()
+        yield dask_service.state_keys(load_settings(home), sched, dash)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def test_runs_ask_the_standing_slurm_cluster_for_workers(slurm, tmp_path):
+    """A reconstruction asks the standing SLURM cluster for the workers its scan needs before
+    any slab goes out, and the volume's provenance says what it asked for and got; a request
+    above max_jobs is refused in one line before any job is submitted."""
+    from distributed import Client
+    from tomopipe.infra import scaling
+    from tomopipe.tasks.recon.engine import reconstruct
+    from tomopipe.tasks.recon.params import ReconParams
+    from tomopipe.tasks.recon.resources import ResourceRefused, request_workers
+    from tomopipe.tasks.sources import open_scan
+    from tomopipe.tasks.storage.omezarr import read_provenance
+
+    home = _home(tmp_path, worker_throughput=2e5)
+    from tomopipe.infra.datasets import make_phantom_scan, write_dxchange
+
+    s = make_phantom_scan(64, 32, 90, center=32.0, n_flats=4, n_darks=4)
+    spec = open_scan(write_dxchange(tmp_path / "scan.h5", s["projections"], s["flats"],
+                                         s["darks"], s["angles_deg"]))
+    params = ReconParams(center=32.0)
+    ours = lambda: [j for j in slurm.jobs() if j[1] == JOB_NAME]  # noqa: E731
+    with _standing_service(home, tmp_path / "dask-service.log") as state:
+        # 32 rows x 90 angles x 64 columns at 2e5 elements/s: 0.92 s on one worker; at 1000
+        # frames a second the scan takes 0.09 s, so all 4 slabs need a worker each: 4 jobs
+        with pytest.raises(ResourceRefused) as refused:
+            reconstruct(spec, params, tmp_path / "refused.zarr", scheduler=state["dask_scheduler"],
+                        frames_per_s=1000.0, max_slab_rows=8)
+        message = str(refused.value)
+        assert "\n" not in message
+        assert message.startswith(f"{spec.label}: resources: needs 4 jobs"), message
+        assert message.endswith("max_jobs is 2"), message
+        time.sleep(3)  # adaptive scaling looks every second: long enough to have submitted
+        assert ours() == [], "a job was submitted for a request that was refused"
+        assert not (tmp_path / "refused.zarr").exists()
+        assert not list(tmp_path.glob("refused.zarr*")), "the refused run left a partial volume"
+
+        # asking brings the jobs while no slab waits (adaptive scaling alone would submit none)
+        with Client(state["dask_scheduler"], set_as_default=False) as client:
+            assert scaling.bounds(client) == {
+                "max_jobs": 2, "min_jobs": 0, "workers_per_job": 1, "throughput": 2e5,
+                "backfill_deadline_s": 600.0}
+            with scaling.held(client, 2) as record:
+                _wait(lambda: len(ours()) == 2, 60, "the two jobs asked for")
+                held_ids = {j[0] for j in ours()}
+                client.wait_for_workers(1, timeout=120)
+            got = record["got"]
+            assert 1 <= got["workers"] <= 2 and got["jobs"] == len(got["job_ids"]) >= 1
+            assert set(got["job_ids"]) <= held_ids, (got, held_ids)
+
+        # a live run at 180 frames a second: 0.5 s to keep up, 2 workers, 2 jobs
+        out = tmp_path / "live.zarr"
+        seen: set[str] = set()
+        with Client(state["dask_scheduler"], set_as_default=False) as client:
+            import threading
+
+            done = threading.Event()
+
+            def watch():
+                while not done.is_set():
+                    seen.update(j[0] for j in ours())
+                    time.sleep(0.3)
+
+            watcher = threading.Thread(target=watch)
+            watcher.start()
+            try:
+                reconstruct(spec, params, out, client=client, frames_per_s=180.0,
+                            max_slab_rows=8)
+            finally:
+                done.set()
+                watcher.join()
+        prov = read_provenance(out)
+        res = prov["resources"]
+        expected = request_workers(32, 90, 64, throughput=2e5, frames_per_s=180.0,
+                                   workers_per_job=1, max_jobs=2, n_slabs=4)
+        assert (expected.workers, expected.jobs) == (2, 2)
+        assert res["cluster"] == "adaptive" and res["basis"] == "live"
+        assert res["frames_per_s"] == 180.0 and res["deadline_s"] == 0.5
+        assert res["throughput"] == 2e5 and res["max_jobs"] == 2
+        assert res["asked"] == {"workers": 2, "jobs": 2}
+        got = res["got"]
+        assert 1 <= got["workers"] <= 2, got
+        assert got["jobs"] == len(got["job_ids"]) >= 1, got
+        assert set(got["job_ids"]) <= seen, (got, seen)
+        _wait(lambda: not ours(), IDLE_S + 90, "the idle jobs to be given back")
+    for job_id, _, _ in ours():
+        subprocess.run(["scancel", job_id], env=slurm.env(), check=False)

@@ -292,7 +292,7 @@ def reconstruct(spec: ScanSpec, params: ReconParams, out: str | os.PathLike, *, 
                 progress: Callable[[int, int], None] | None = None,
                 extra_provenance: dict | None = None, overwrite: bool = False,
                 levels: int | None = None, max_slab_rows: int | None = None,
-                threads: int | None = None) -> ReconResult:
+                threads: int | None = None, frames_per_s: float | None = None) -> ReconResult:
     """Reconstruct ``spec`` with ``params`` into the OME-Zarr volume ``out``.
 
     ``client``: a distributed Client to use; else ``scheduler`` (an address) is connected, else
@@ -300,6 +300,9 @@ def reconstruct(spec: ScanSpec, params: ReconParams, out: str | os.PathLike, *, 
     cluster of ``workers`` is started (``workers=0`` runs in this process, one slab at a time).
     ``memory_limit`` (bytes or '4GB') is the budget per worker for the chunk planner;
     ``levels`` (pyramid levels, level 0 included) and ``max_slab_rows`` override its choices.
+    ``frames_per_s``: a live run's acquisition rate; on an adaptive SLURM cluster the run asks
+    for the workers that keep up with it (else for those that meet the backfill deadline), and
+    the provenance's ``resources`` say what was asked and got (``tasks.recon.resources``).
     """
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -342,7 +345,7 @@ def reconstruct(spec: ScanSpec, params: ReconParams, out: str | os.PathLike, *, 
                             t_start, client=client, scheduler=scheduler, workers=workers,
                             threads=threads, memory_limit=memory_limit, progress=progress,
                             extra_provenance=extra_provenance, levels=levels,
-                            max_slab_rows=max_slab_rows)
+                            max_slab_rows=max_slab_rows, frames_per_s=frames_per_s)
     except OSError as exc:
         if space.is_disk_full(exc):
             raise space.disk_full_error(out, needed) from None
@@ -382,7 +385,7 @@ def _space_needed(pub, shape, levels) -> int:
 
 def _reconstruct(spec, params, out, pub, key, rows, shape, px, backend, timings, t_start, *,
                  client, scheduler, workers, threads, memory_limit, progress, extra_provenance,
-                 levels, max_slab_rows) -> ReconResult:
+                 levels, max_slab_rows, frames_per_s=None) -> ReconResult:
     backend_name, backend_device = backend.name, backend.device
     t = time.perf_counter()
     with _executor(client, scheduler, workers, memory_limit, threads) as dask:
@@ -396,6 +399,7 @@ def _reconstruct(spec, params, out, pub, key, rows, shape, px, backend, timings,
             center = pub.job["center"]
             chunk_plan = ChunkPlan.from_dict(pub.job["plan"])
             shape = (shape[0], chunk_plan.n_cols, chunk_plan.n_cols)
+            resources = _resources(dask, spec, chunk_plan, frames_per_s)
         else:
             center = find_center(spec, params, rows)
             width = output_width(angles_rad(spec), center["value"], spec.n_cols)
@@ -417,6 +421,8 @@ def _reconstruct(spec, params, out, pub, key, rows, shape, px, backend, timings,
                 gpu_memory=gpu_mem, max_slab_rows=max_slab_rows,
                 overhead=DEFAULT_OVERHEAD + halo_bytes(spec, params),  # phase retrieval's rows
             )
+            # asked before anything is written or submitted: a request above max_jobs refuses
+            resources = _resources(dask, spec, chunk_plan, frames_per_s)
             provenance = _provenance(spec, params, key, rows, center, backend_name,
                                      backend_device, px, chunk_plan, shape, extra_provenance)
             pub.partial.mkdir(parents=True, exist_ok=True)
@@ -438,7 +444,8 @@ def _reconstruct(spec, params, out, pub, key, rows, shape, px, backend, timings,
         if progress:
             progress(len(slabs) - len(todo), len(slabs))
         t = time.perf_counter()
-        results = _run_jobs(dask, jobs, progress, len(slabs) - len(todo), len(slabs))
+        with _held(dask, resources):
+            results = _run_jobs(dask, jobs, progress, len(slabs) - len(todo), len(slabs))
         timings["slabs_s"] = time.perf_counter() - t
 
     missing = [s for s in slabs if not publish.slab_done(pub.partial, s)]
@@ -453,13 +460,45 @@ def _reconstruct(spec, params, out, pub, key, rows, shape, px, backend, timings,
     timings["resumed"] = pub.state == "resume"
     seconds = time.perf_counter() - t_start
     timings["total_s"] = seconds
-    publish.finish(pub, {"timings": timings,
+    publish.finish(pub, {"timings": timings, "resources": resources,
                          "finished": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")})
     return ReconResult(
         output=str(out), key=key, center=float(center["value"]), center_method=center["method"],
         center_confidence=center.get("confidence"), backend=backend_name, shape=shape,
         seconds=seconds, skipped=False, timings=timings,
     )
+
+
+def _resources(dask, spec, chunk_plan, frames_per_s) -> dict | None:
+    """The run's request for workers, decided before any slab is submitted (None: no Dask).
+
+    On a cluster that takes requests (adaptive SLURM, ``infra.scaling``) a request above
+    ``max_jobs`` raises ``ResourceRefused`` here, naming the scan, the jobs and the bound."""
+    if dask is None or isinstance(dask, Executor):
+        return None
+    from tomopipe.infra import scaling
+    from tomopipe.tasks.recon.resources import provenance_entry, request_for_scan
+
+    bounds = scaling.bounds(dask)
+    if bounds is None:
+        return provenance_entry(None, None, workers=len(dask.scheduler_info()["workers"]))
+    request = request_for_scan(bounds, label=spec.label, rows=chunk_plan.n_rows,
+                               angles=chunk_plan.n_angles, cols=chunk_plan.n_cols,
+                               n_slabs=len(chunk_plan.slabs()), frames_per_s=frames_per_s)
+    return provenance_entry(request, bounds, frames_per_s=frames_per_s)
+
+
+@contextlib.contextmanager
+def _held(dask, resources: dict | None):
+    """Hold the requested workers while the slabs run; ``resources["got"]`` says what came."""
+    if not resources or resources.get("cluster") != "adaptive":
+        yield
+        return
+    from tomopipe.infra.scaling import held
+
+    with held(dask, resources["asked"]["workers"]) as record:
+        yield
+    resources["got"] = record.get("got")
 
 
 def _n_frames(sets) -> int:

@@ -79,3 +79,36 @@ def request_workers(rows: int, angles: int, cols: int, *, throughput: float,
         workers = min(workers, max(1, n_slabs))
     return ResourceRequest(workers=workers, jobs=jobs, deadline_s=deadline,
                            estimate_s=work_s / workers, basis=basis)
+
+
+def request_for_scan(bounds: dict, *, label: str, rows: int, angles: int, cols: int,
+                     n_slabs: int, frames_per_s: float | None = None) -> ResourceRequest:
+    """The request of one reconstruction against a cluster's ``bounds`` (``max_jobs``,
+    ``workers_per_job``, ``throughput``, ``backfill_deadline_s``; see ``infra.scaling``).
+
+    A live run (``frames_per_s`` known) keeps up with the detector; any other run meets the
+    cluster's backfill deadline. A refusal names the scan: ``<label>: resources: needs ...``.
+    """
+    try:
+        return request_workers(
+            rows, angles, cols, throughput=bounds["throughput"], frames_per_s=frames_per_s,
+            deadline_s=None if frames_per_s else bounds["backfill_deadline_s"],
+            workers_per_job=bounds["workers_per_job"], max_jobs=bounds["max_jobs"],
+            n_slabs=n_slabs)
+    except ResourceRefused as exc:
+        raise ResourceRefused(f"{label}: {exc}") from None
+
+
+def provenance_entry(request: ResourceRequest | None, bounds: dict | None, *,
+                     frames_per_s: float | None = None, workers: int | None = None) -> dict:
+    """What the volume's provenance says about resources before the run's slabs go out: the
+    request (``asked``, with the rate or deadline used) on a cluster that takes requests, else
+    ``{"cluster": "fixed", "workers": N}`` (local workers, or a scheduler someone else runs)."""
+    if request is None or bounds is None:
+        return {"cluster": "fixed", "workers": workers}
+    return {"cluster": "adaptive", "basis": request.basis,
+            "frames_per_s": frames_per_s, "deadline_s": round(request.deadline_s, 3),
+            "throughput": bounds["throughput"],
+            "max_jobs": bounds["max_jobs"], "workers_per_job": bounds["workers_per_job"],
+            "asked": {"workers": request.workers, "jobs": request.jobs},
+            "estimate_s": round(request.estimate_s, 3)}

@@ -453,6 +453,16 @@ def _event_times(run: _Run, stream: str) -> list[tuple[int, float]]:
     return out
 
 
+def _frame_rate(run: _Run, stream: str, n_frames: int) -> float | None:
+    """Projections a second, from the first and last projection events' times (None when
+    they cannot say): a live run's reconstruction is sized to keep up with it."""
+    times = [t for _, t in _event_times(run, stream)]
+    if len(times) < 2 or not max(times) > min(times):
+        return None
+    # events one period apart, each with n_frames / len(times) frames
+    return n_frames / len(times) * (len(times) - 1) / (max(times) - min(times))
+
+
 def _flat_positions(run: _Run, streams: Mapping, flats: list[_Frame]) -> tuple[float, ...] | None:
     """When each flat frame was taken, in projection indices (ScanSpec.flat_positions), from the
     event times of the flat and projection streams; None when they cannot say."""
@@ -587,5 +597,6 @@ def scan_from_documents(docs: Iterable, data_roots: Iterable[str | Path], *,
             "streams": streams,
             "rotation_key": angle_key,
             "center": tomo.get("center"),
+            "frames_per_s": _frame_rate(run, proj_stream, len(angles)),
         },
     )
