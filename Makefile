@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= dev,globus,kafka,hpc
+EXTRAS ?= dev,globus,kafka,hpc,steering
 STAMP  := $(VENV)/.installed-$(EXTRAS)
 
 # Some environments set PYTHONDONTWRITEBYTECODE=1: every process (Prefect server, worker, each

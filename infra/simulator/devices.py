@@ -2,6 +2,9 @@
 
 - ``SimAxis``: a motor (rotation stage in degrees, sample translation in mm): set, read, describe.
 - ``SimShutter``: "open" or "closed".
+- ``SimStage``: where the sample sits: the pixels it was mounted off the rotation axis (the
+  truth an alignment has to find) plus two translation motors under it (``stage_x``,
+  ``stage_y``, in pixels); the camera renders the sample at mount + stage.
 - ``SimCamera``: on each trigger renders what it would see given the shutter, the sample position
   and the rotation angle, appends the frame to an HDF5 file (SWMR, one frame per chunk) and queues
   StreamResource / StreamDatum documents for ``collect_asset_docs``. Frames of each kind (dark,
@@ -105,27 +108,47 @@ class SimShutter:
         return {}
 
 
+class SimStage:
+    """The sample stage: ``mount`` (dx, dy) pixels off the axis where the sample was put, and
+    the motors ``x``, ``y`` (SimAxis, pixels) that move it; ``offset()`` is where it is now."""
+
+    def __init__(self, mount: tuple[float, float] = (0.0, 0.0)):
+        self.mount = (float(mount[0]), float(mount[1]))
+        self.x = SimAxis("stage_x", units="px")
+        self.y = SimAxis("stage_y", units="px")
+
+    def offset(self) -> tuple[float, float]:
+        return self.mount[0] + self.x.position, self.mount[1] + self.y.position
+
+
 class SimCamera:
     """A camera that sees the phantom through a simulated beam and writes HDF5 frames.
 
     ``render(angle_deg) -> (rows, cols)`` gives the line integrals through the sample at an angle.
     The sample is in the beam while ``sample_axis`` is within ``sample_in_range`` of 0.
-    Set ``directory`` (a folder under a data root) before staging.
+    Set ``directory`` (a folder under a data root) before staging. ``roi`` (start, stop): read
+    only those detector rows (the frames, flats and darks are cropped to them).
     """
 
     def __init__(self, name: str, *, rows: int, cols: int, render: Callable[[float], np.ndarray],
                  shutter: SimShutter, rotation: SimAxis, sample_axis: SimAxis,
                  sample_in_range: float = 1.0, fps: float | None = None, seed: int | None = None,
-                 on_frame: Callable[[str, int, np.ndarray], None] | None = None):
+                 on_frame: Callable[[str, int, np.ndarray], None] | None = None,
+                 roi: tuple[int, int] | None = None):
         self.name, self.parent = name, None
         self.rows, self.cols = int(rows), int(cols)
+        r0, r1 = roi if roi is not None else (0, self.rows)
+        if not 0 <= r0 < r1 <= self.rows:
+            raise ValueError(f"{name}: rows {r0}:{r1} are not within the detector's 0:{self.rows}")
+        self.roi = (int(r0), int(r1))
         self.render, self.shutter, self.rotation = render, shutter, rotation
         self.sample_axis, self.sample_in_range = sample_axis, sample_in_range
         self.fps = fps
         self.on_frame = on_frame  # observer (kind, index, frame): tests compare files with it
         self.directory: Path | None = None
-        self.flat = optics.flat_field(self.rows, self.cols)
-        self.dark = optics.dark_offset(self.rows, self.cols)
+        self.flat = optics.flat_field(self.rows, self.cols)[r0:r1]
+        self.dark = optics.dark_offset(self.rows, self.cols)[r0:r1]
+        self.rows = r1 - r0  # what the frames hold
         self._rng = np.random.default_rng(seed)
         self._files: dict[str, h5py.File] = {}
         self._resources: dict[str, str] = {}  # kind -> StreamResource uid
@@ -151,7 +174,7 @@ class SimCamera:
         elif kind == "flat":
             integrals = np.zeros((self.rows, self.cols))
         else:
-            integrals = self.render(self.rotation.position)
+            integrals = self.render(self.rotation.position)[self.roi[0]:self.roi[1]]
         return optics.counts(integrals, self.flat, self.dark, self._rng)
 
     # -- Bluesky protocols ------------------------------------------------------------------

@@ -17,11 +17,15 @@ SAMPLE_OUT_MM = 5.0  # sample translation that takes the sample out of the beam 
 
 def tomo_scan(camera: SimCamera, rotation: SimAxis, shutter: SimShutter, sample_axis: SimAxis,
               angles_deg: Sequence[float], *, n_darks: int, n_flats: int, data_dir,
-              md: dict | None = None, abort_after: int | None = None):
+              md: dict | None = None, abort_after: int | None = None,
+              checkpoints: bool = False):
     """Take ``n_darks`` darks, ``n_flats`` flats and one projection per angle (degrees).
 
     The camera writes under ``data_dir / <run uid>``. ``abort_after``: pause after that many
     projections (the caller then aborts the paused RunEngine: the operator's abort path).
+    ``checkpoints``: a checkpoint before each projection, so the queue server can pause and
+    stop the scan between projections (an agent ending it early; the run then ends "success"
+    with the projections taken so far).
     """
     angles = [float(a) for a in angles_deg]
     md = dict(md or {})
@@ -49,6 +53,8 @@ def tomo_scan(camera: SimCamera, rotation: SimAxis, shutter: SimShutter, sample_
     yield from bps.mv(sample_axis, 0.0)
 
     for i, angle in enumerate(angles):
+        if checkpoints:
+            yield from bps.checkpoint()
         yield from bps.mv(rotation, angle)
         yield from bps.trigger_and_read([camera, rotation], name="primary")
         if abort_after is not None and i + 1 >= abort_after:

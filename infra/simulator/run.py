@@ -55,25 +55,64 @@ def _check(name: str, value, minimum) -> None:
         raise InputError(f"--{name}", f"must be at least {minimum}, got {value}")
 
 
-def make_renderer(size: int, rows: int) -> tuple[Callable[[float], object], dict]:
-    """The line integrals of the default phantom at an angle (degrees), and how it was made.
+SAMPLES = ("phantom", "grain")
 
-    The phantom's attenuation is scaled to the size so that transmission stays realistic (the
-    phantom is sized for 512 pixels).
+
+def sample_features(size: int, kind: str = "phantom") -> tuple:
+    """The simulated sample's features (tasks/phantom.py) for a ``size``-pixel-wide slice.
+
+    ``phantom``: the default phantom, filling most of the field of view and every row.
+    ``grain``: the same, half as wide and in the middle half of the rows only: a small sample
+    that can sit off the axis and whose rows an alignment can find.
     """
+    from dataclasses import replace
+
     from tomopipe.tasks import phantom
 
-    scale = 512.0 / size
-    features = phantom.scale_features(phantom.DEFAULT_FEATURES, scale)
-    center = size / 2.0
+    features = phantom.scale_features(phantom.DEFAULT_FEATURES, 512.0 / size)
+    if kind == "phantom":
+        return features
+    if kind == "grain":
+        small = phantom.rescale_geometry(features, size, 2 * size)
+        return tuple(replace(f, z0=0.25 + 0.5 * f.z0, z1=0.25 + 0.5 * f.z1) for f in small)
+    raise InputError("--sample-shape", f"unknown sample {kind!r}; choose from {SAMPLES}")
 
-    project = phantom.projector(size, rows, center=center, features=features)
+
+def make_renderer(size: int, rows: int, *, kind: str = "phantom",
+                  offset: Callable[[], tuple[float, float]] | None = None
+                  ) -> tuple[Callable[[float], object], dict]:
+    """The line integrals of the simulated sample at an angle (degrees), and how it was made.
+
+    The phantom's attenuation is scaled to the size so that transmission stays realistic (the
+    phantom is sized for 512 pixels). ``offset()``: where the sample sits now, (dx, dy) pixels
+    from the rotation axis (a stage moves it); read at every frame.
+    """
+    from dataclasses import replace
+
+    from tomopipe.tasks import phantom
+
+    features = sample_features(size, kind)
+    center = size / 2.0
+    projectors: dict[tuple[float, float], Callable] = {}
+
+    def projector_at(dx: float, dy: float):
+        key = (round(dx, 3), round(dy, 3))
+        if key not in projectors:
+            if len(projectors) > 8:
+                projectors.clear()
+            moved = tuple(replace(f, cx=f.cx + key[0] / size, cy=f.cy + key[1] / size)
+                          for f in features)
+            projectors[key] = phantom.projector(size, rows, center=center, features=moved)
+        return projectors[key]
 
     def render(angle_deg: float):
-        return project([math.radians(angle_deg)])[0]
+        dx, dy = offset() if offset is not None else (0.0, 0.0)
+        return projector_at(dx, dy)([math.radians(angle_deg)])[0]
 
-    info = {"phantom": "tomopipe.tasks.phantom.DEFAULT_FEATURES", "attenuation_scale": scale,
-            "center": center}
+    info = {"phantom": "tomopipe.tasks.phantom.DEFAULT_FEATURES", "attenuation_scale": 512.0 / size,
+            "center": center, "sample_shape": kind}
+    if offset is not None:
+        info["sample_offset_px"] = list(offset())
     return render, info
 
 
@@ -82,7 +121,8 @@ def simulate(settings: Settings, *, size: int, rows: int, angles: int, fps: floa
              callbacks: Iterable[Callable[[str, dict], None]] = (), n_flats: int = 10,
              n_darks: int = 5, abort_after: int | None = None, seed: int | None = None,
              on_frame: Callable | None = None, arc_deg: float = 180.0,
-             angle_order: str = "sequential") -> str:
+             angle_order: str = "sequential", sample_shape: str = "phantom",
+             sample_offset: tuple[float, float] | None = None) -> str:
     """Run one simulated tomography scan and return its run uid.
 
     ``size``: detector columns (and phantom width); ``rows``: detector rows; ``angles``:
@@ -91,9 +131,32 @@ def simulate(settings: Settings, *, size: int, rows: int, angles: int, fps: floa
     (its stop document has exit_status "abort"). ``on_frame(kind, index, frame)``: observes
     every frame written (tests). ``angle_order``: sequential, interlaced or golden
     (``tasks.sources.angle_plan``); the start document declares it as ``tomo.angle_plan``.
+    ``sample_shape``: ``phantom`` or ``grain`` (``sample_features``); ``sample_offset``: (dx, dy)
+    pixels the sample sits off the rotation axis.
     """
-    from bluesky import RunEngine
-    from bluesky.utils import RunEngineInterrupted
+    from tomopipe.infra.simulator.devices import SimStage
+
+    pack = serializer_for(serializer)
+    stage = SimStage(sample_offset or (0.0, 0.0))
+    plan, md, camera = scan_plan(
+        settings, stage=stage, size=size, rows=rows, angles=angles, fps=fps, sample=sample,
+        n_flats=n_flats, n_darks=n_darks, abort_after=abort_after, seed=seed,
+        on_frame=on_frame, arc_deg=arc_deg, angle_order=angle_order, sample_shape=sample_shape,
+        offset_known=sample_offset is not None)
+    return _run_plan(plan, md, camera, publish_to=publish_to, pack=pack, callbacks=callbacks,
+                     abort_after=abort_after)
+
+
+def scan_plan(settings: Settings, *, stage, size: int, rows: int, angles: int,
+              fps: float | None, sample: str, n_flats: int = 10, n_darks: int = 5,
+              abort_after: int | None = None, seed: int | None = None,
+              on_frame: Callable | None = None, arc_deg: float = 180.0,
+              angle_order: str = "sequential", sample_shape: str = "phantom",
+              row_range: tuple[int, int] | None = None, checkpoints: bool = False,
+              md: dict | None = None, offset_known: bool = True):
+    """(plan, start metadata, camera) of one simulated scan of the sample on ``stage``
+    (devices.SimStage); ``row_range``: read only those detector rows; ``md``: more start
+    metadata. The devices are made here; the stage is the caller's (it outlives scans)."""
     from tomopipe.infra.simulator.devices import SimAxis, SimCamera, SimShutter
     from tomopipe.infra.simulator.plans import tomo_scan
 
@@ -108,15 +171,18 @@ def simulate(settings: Settings, *, size: int, rows: int, angles: int, fps: floa
         raise InputError("--abort-after", f"must be at least 1, got {abort_after}")
     if not settings.data_roots:
         raise InputError(str(settings.config_file), "no data roots configured", "data_roots")
-    pack = serializer_for(serializer)
+    if row_range is not None and not 0 <= row_range[0] < row_range[1] <= rows:
+        raise InputError("rows", f"{row_range[0]}:{row_range[1]} is not within the detector's "
+                         f"0:{rows}")
 
-    render, sim_info = make_renderer(size, rows)
+    render, sim_info = make_renderer(size, rows, kind=sample_shape,
+                                     offset=stage.offset if offset_known else None)
     shutter = SimShutter("shutter")
     rotation = SimAxis("rot_stage", units="deg")
     sample_axis = SimAxis("sample_x", units="mm")
     camera = SimCamera("cam", rows=rows, cols=size, render=render, shutter=shutter,
                        rotation=rotation, sample_axis=sample_axis, fps=fps, seed=seed,
-                       on_frame=on_frame)
+                       on_frame=on_frame, roi=row_range)
     from tomopipe.tasks.sources.angle_plan import ORDERS, angle_plan_metadata, angle_sequence
 
     if angle_order not in ORDERS:
@@ -125,7 +191,7 @@ def simulate(settings: Settings, *, size: int, rows: int, angles: int, fps: floa
     angle_list = angle_sequence(angles, angle_order, arc_deg=arc_deg).tolist()
     data_dir = Path(settings.data_roots[0]) / settings.beamline / date.today().isoformat()
 
-    md = {
+    start_md = {
         "sample": sample,
         "beamline": settings.beamline,
         "beamline_id": settings.beamline,
@@ -142,11 +208,29 @@ def simulate(settings: Settings, *, size: int, rows: int, angles: int, fps: floa
         },
         "simulated": {**sim_info, "size": size, "rows": rows, "fps": fps or 0.0},
     }
+    if row_range is not None:
+        start_md["tomo"]["detector_rows"] = [int(row_range[0]), int(row_range[1])]
+        start_md["simulated"]["row_range"] = [int(row_range[0]), int(row_range[1])]
+    if offset_known:
+        start_md["simulated"]["stage_px"] = [stage.x.position, stage.y.position]
+    start_md.update(md or {})
+    scan_id = start_md.pop("scan_id")
+    plan = tomo_scan(camera, rotation, shutter, sample_axis, angle_list, n_darks=n_darks,
+                     n_flats=n_flats, data_dir=data_dir, md=start_md, abort_after=abort_after,
+                     checkpoints=checkpoints)
+    return plan, {"scan_id": scan_id}, camera
+
+
+def _run_plan(plan, md: dict, camera, *, publish_to: str | None, pack, callbacks,
+              abort_after: int | None) -> str:
+    """Run ``plan`` on a RunEngine of its own (``md["scan_id"]``: the run's scan id)."""
+    from bluesky import RunEngine
+    from bluesky.utils import RunEngineInterrupted
 
     in_main = threading.current_thread() is threading.main_thread()
     # SIGINT handling (Ctrl-C pauses the run) only works on the main thread.
     RE = RunEngine({}, context_managers=None if in_main else [])
-    RE.md["scan_id"] = md.pop("scan_id") - 1  # the RunEngine adds one
+    RE.md["scan_id"] = md["scan_id"] - 1  # the RunEngine adds one
     for cb in callbacks:
         RE.subscribe(cb)
     publisher = None
@@ -161,8 +245,6 @@ def simulate(settings: Settings, *, size: int, rows: int, angles: int, fps: floa
         RE.subscribe(publisher)
         time.sleep(CONNECT_GRACE_S)
 
-    plan = tomo_scan(camera, rotation, shutter, sample_axis, angle_list, n_darks=n_darks,
-                     n_flats=n_flats, data_dir=data_dir, md=md, abort_after=abort_after)
     try:
         try:
             uids = RE(plan)
