@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.installed-$(EXTRAS)
 # its bytecode, and precompile at install.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: install test test-faults demo lint bench clean down browser slurm postgres test-facility
+.PHONY: install test test-faults demo lint bench clean down browser slurm postgres test-facility redis
 
 install: $(STAMP)
 
@@ -62,9 +62,16 @@ postgres:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) \
 	  > /dev/null 2>&1; } || echo "postgresql is not installed: the PostgreSQL tests will skip"
 
+# The queue (tomopipe up --with-queue, tests/test_queue.py, tests/test_steering*.py) runs on
+# Debian's redis-server; install it where we are root (CI is), else those tests skip saying why.
+redis:
+	@command -v redis-server > /dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) \
+	  > /dev/null 2>&1; } || echo "redis-server is not installed: the queue tests will skip"
+
 # The fault matrix (tests/faults marked slow: real kills, heartbeat timeouts, bursts of scans)
 # takes about half an hour on 2 cores, past the suite's 15-minute budget: it runs on its own.
-test: install lint browser slurm postgres
+test: install lint browser slurm postgres redis
 	$(BIN)/pytest -q -ra -m "not slow"
 
 test-faults: install

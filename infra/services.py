@@ -16,6 +16,9 @@
 - ``bridge``: ``python -m tomopipe.deployments.bridge --home H`` (documents -> catalog +
   Prefect events), started after the state file is written, because it reads the Tiled key
   from there;
+- with ``--with-queue``: ``redis`` (Debian's redis-server, infra/redis_server.py) and ``queue``
+  (bluesky-queueserver's RE Manager running the simulated beamline, infra/queue_server.py,
+  its worker environment opened), after the bridge;
 
 then registers the deployments (``deployments.register.register_all(settings, state)``).
 Everything lives under the home, so two homes run side by side on different ports.
@@ -48,7 +51,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-from tomopipe.infra import dask_service, processes, tiled_server
+from tomopipe.infra import dask_service, processes, queue_server, redis_server, tiled_server
 from tomopipe.infra.processes import LOOPBACK
 from tomopipe.infra.state import clear_services, read_services, write_services
 
@@ -59,7 +62,7 @@ from tomopipe.errors import ConfigError, ServiceError
 WORK_POOL = "tomopipe"
 SERIALIZER = "msgpack"  # the default of config.yaml's bus.serializer
 # Start order; down stops them in reverse.
-SERVICES = ("prefect", "dask", "worker", "zmq_proxy", "tiled", "bridge")
+SERVICES = ("prefect", "dask", "worker", "zmq_proxy", "tiled", "bridge", "redis", "queue")
 STARTING_FILE = "services.starting.json"  # pids of an `up` in progress
 
 # The worker is woken by the server's event stream when a run of its pool is scheduled
@@ -164,6 +167,8 @@ def _checks(state: dict) -> dict[str, Callable[[], bool]]:
         "tiled": lambda: running("tiled") and tiled_server.healthy(state["tiled"]),
         "bridge": lambda: running("bridge"),
         "dask": lambda: running("dask") and dask_service.healthy(state),
+        "redis": lambda: running("redis") and redis_server.healthy(state["redis"]),
+        "queue": lambda: running("queue") and queue_server.healthy(state["queue_control"]),
     }
 
 
@@ -314,7 +319,7 @@ def home_lock(home: Path):
 
 
 def up(settings: Settings, *, ports: Ports | None = None, timeout: float = 180.0,
-       bridge: bool = True, register: bool = True,
+       bridge: bool = True, register: bool = True, with_queue: bool = False,
        echo: Callable[[str], None] = lambda msg: None) -> tuple[dict, bool]:
     """Bring up this home's services; returns (state, started_now).
 
@@ -325,14 +330,18 @@ def up(settings: Settings, *, ports: Ports | None = None, timeout: float = 180.0
     home = Path(settings.home).resolve()
     with home_lock(home):
         return _up(settings, home, ports=ports, timeout=timeout, bridge=bridge,
-                   register=register, echo=echo)
+                   register=register, with_queue=with_queue, echo=echo)
 
 
 def _up(settings: Settings, home: Path, *, ports: Ports | None, timeout: float, bridge: bool,
-        register: bool, echo: Callable[[str], None]) -> tuple[dict, bool]:
+        register: bool, echo: Callable[[str], None],
+        with_queue: bool = False) -> tuple[dict, bool]:
     existing = running_state(home)
-    if existing is not None:
+    if existing is not None and (not with_queue or "queue" in existing.get("pids", {})):
         return existing, False
+    if existing is not None:  # up, but without the queue: add it
+        echo("the services are up; starting the queue (Redis, RE Manager)")
+        return _add_queue(settings, home, existing, timeout), True
     if read_services(home) is not None or (home / STARTING_FILE).exists():
         echo("stopping what is left of an earlier `tomopipe up` (not all of it is healthy)")
         _down(home, timeout=10.0)
@@ -423,6 +432,13 @@ def _up(settings: Settings, home: Path, *, ports: Ports | None, timeout: float, 
                      logs={k: str(v) for k, v in run.logs.items()})
         write_services(home, _processes(state))
 
+        if with_queue:
+            _start_queue(settings, home, state, run, timeout)
+            timings["queue"] = time.monotonic() - t0
+            state.update(pids=run.pids(), started=run.started(),
+                         logs={k: str(v) for k, v in run.logs.items()})
+            write_services(home, _processes(state))
+
         if register:
             _register(settings, state)
             timings["deployments"] = time.monotonic() - t0
@@ -435,6 +451,54 @@ def _up(settings: Settings, home: Path, *, ports: Ports | None, timeout: float, 
     write_services(home, _processes(state))
     run.done()
     return state, True
+
+
+def _start_queue(settings: Settings, home: Path, state: dict, run: _Launcher,
+                 timeout: float) -> None:
+    """Redis, then the RE Manager with the simulated beamline, its environment opened."""
+    configured = settings.services
+    redis_port = configured.port("redis") or processes.free_port()
+    control_port = configured.port("queue_control") or processes.free_port()
+    info_port = configured.port("queue_info") or processes.free_port()
+    while info_port == control_port:
+        info_port = processes.free_port()
+    addresses = {"redis": redis_server.address(redis_port),
+                 "queue_control": f"tcp://{LOOPBACK}:{control_port}",
+                 "queue_info": f"tcp://{LOOPBACK}:{info_port}"}
+    state.update(addresses)
+    env = base_env(home, state["prefect_api"])
+    run.start("redis", redis_server.argv(home, redis_port), env)
+    run.wait("redis", lambda: redis_server.healthy(addresses["redis"]), timeout)
+    run.start("queue", queue_server.argv(_exe("start-re-manager"), home,
+                                         control=addresses["queue_control"],
+                                         info=addresses["queue_info"],
+                                         redis_addr=addresses["redis"]), env, cwd=home)
+    run.wait("queue", lambda: queue_server.healthy(addresses["queue_control"]), timeout)
+    queue_server.open_environment(addresses["queue_control"], timeout=timeout)
+    record_service_addresses(home, {**_recorded(home), **addresses})
+
+
+def _add_queue(settings: Settings, home: Path, state: dict, timeout: float) -> dict:
+    run = _Launcher(home)
+    try:
+        _start_queue(settings, home, state, run, timeout)
+    except BaseException:
+        run.stop_all()
+        raise
+    runtime = read_services(home) or {}
+    for key in ("pids", "started", "logs"):
+        runtime[key] = {**runtime.get(key, {}), **{
+            "pids": run.pids(), "started": run.started(),
+            "logs": {k: str(v) for k, v in run.logs.items()}}[key]}
+    write_services(home, _processes(runtime))
+    run.done()
+    return view(home)
+
+
+def _recorded(home: Path) -> dict:
+    from tomopipe.config import _picked_addresses
+
+    return _picked_addresses(home)
 
 
 def _processes(state: dict) -> dict:

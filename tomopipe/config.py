@@ -55,6 +55,7 @@ def _address(pattern: re.Pattern, example: str):
 HttpAddress = Annotated[str, _address(_HTTP, "http://127.0.0.1:4200/api")]
 TcpAddress = Annotated[str, _address(_TCP, "tcp://127.0.0.1:8786")]
 ZmqAddress = Annotated[str, _address(_ZMQ, "tcp://127.0.0.1:5577")]
+RedisAddress = Annotated[str, _address(re.compile(r"^[^\s/:]+:\d{1,5}$"), "127.0.0.1:6379")]
 
 
 class ServiceAddresses(BaseModel):
@@ -70,6 +71,10 @@ class ServiceAddresses(BaseModel):
     zmq_out: ZmqAddress | None = None  # ... and subscribers read here
     dask_scheduler: TcpAddress | None = None
     dask_dashboard: HttpAddress | None = None
+    # the queue (tomopipe up --with-queue): Redis, and the RE Manager's 0MQ control/info sockets
+    redis: RedisAddress | None = None
+    queue_control: TcpAddress | None = None
+    queue_info: TcpAddress | None = None
     work_pool: str = "tomopipe"
     # Facility mode: the Prefect server's database (postgresql+asyncpg://user@host:port/db);
     # None: SQLite under the home's PREFECT_HOME.

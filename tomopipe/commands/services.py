@@ -13,7 +13,7 @@ from tomopipe.config import load_settings
 from tomopipe.errors import ConfigError
 
 ADDRESSES = ("prefect_ui", "prefect_api", "zmq_in", "zmq_out", "tiled", "dask_scheduler",
-             "dask_dashboard", "data_root")
+             "dask_dashboard", "queue_control", "redis", "data_root")
 
 
 def add_parser(subparsers) -> None:
@@ -35,6 +35,9 @@ def add_parser(subparsers) -> None:
     up.add_argument("--no-bridge", action="store_true", help="do not start the document bridge")
     up.add_argument("--no-deployments", action="store_true",
                     help="do not register the deployments")
+    up.add_argument("--with-queue", action="store_true",
+                    help="also start Redis and bluesky-queueserver's RE Manager running the "
+                         "simulated beamline (what `tomopipe simulate --steer` queues on)")
     up.set_defaults(func=run_up)
 
     status = subparsers.add_parser(
@@ -72,7 +75,8 @@ def run_up(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     state, started = services.up(
         settings, ports=ports, timeout=args.timeout, bridge=not args.no_bridge,
-        register=not args.no_deployments, echo=lambda msg: print(msg, flush=True))
+        register=not args.no_deployments, with_queue=args.with_queue,
+        echo=lambda msg: print(msg, flush=True))
     if not started:
         print(f"already up for {settings.home}; nothing changed")
     else:
