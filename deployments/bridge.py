@@ -146,6 +146,22 @@ class Bridge:
             return
         self._after_write(uid, name, doc)
 
+    def flush(self) -> None:
+        """Send what the catalog writer collected for the open runs: called when no document
+        waits, so a slow scan is in the catalog frame by frame and a fast one in batches."""
+        flush = getattr(self.writer, "flush", None)
+        if flush is None:
+            return
+        with self._lock:
+            for uid in [u for u in self._starts if u not in self._stalled]:
+                try:
+                    flush(uid)
+                except Exception as exc:
+                    self._stalled.add(uid)
+                    log.warning("the catalog cannot take the frames of run %s (%s: %s): the "
+                                "run is kept in the journal and written again when the "
+                                "catalog answers", uid, type(exc).__name__, exc)
+
     def _after_write(self, uid: str, name: str, doc: dict) -> None:
         """The events a document implies, once it is in the catalog."""
         if name == "start":
@@ -322,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retry-every", type=float, default=10.0,
                         help="seconds between attempts to write runs the catalog could not "
                              "take and to send events that failed")
+    parser.add_argument("--flush-every", type=float, default=0.5,
+                        help="seconds at most between writes of a run's frames to the catalog "
+                             "while documents keep coming (default 0.5; they are written at "
+                             "once whenever none wait)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
@@ -359,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     backlog, leftover = spool.backlog, spool.pending()
     for name, doc in leftover:  # taken off the bus before a crash, maybe never handled
         bridge.handle(name, doc)
+    bridge.flush()
     spool.handled(backlog)
     emitted = bridge.reconcile(catalog, args.lookback)
     log.info("bridge ready on %s (resumed %d open runs, %d spooled documents, reconciled %d "
@@ -366,10 +387,16 @@ def main(argv: list[str] | None = None) -> int:
              len(emitted))
     ready_file.write_text(f"{os.getpid()} {time.time()}\n")
     next_check = time.monotonic() + args.retry_every
+    flushed = time.monotonic()
     while thread.is_alive() or not inbox.empty():
         try:
             bridge.handle(*inbox.get(timeout=0.5))
             spool.handled()
+            # frames go to the catalog when nothing waits, and at least every flush_every s
+            # (a bridge that just keeps up with a detector is never idle)
+            if inbox.empty() or time.monotonic() - flushed > args.flush_every:
+                bridge.flush()
+                flushed = time.monotonic()
         except queue.Empty:
             pass
         if time.monotonic() > next_check:

@@ -381,3 +381,52 @@ def test_run_written_when_a_killed_catalog_server_comes_back(tmp_path):
         assert events > 0 and len(primary.base["internal"].read()) == events
     finally:
         processes.stop_group(proc.pid)
+
+
+def test_frames_reach_the_catalog_when_the_bridge_is_idle(tmp_path):
+    """Adaptive batching on a real Tiled server: frames collect while documents wait and go to
+    the catalog when the bridge has none waiting (flush), so a run's catalog entry follows its
+    frames before the stop, in as many requests as the backlog needs. Fails if the installed
+    bluesky's TiledWriter can no longer be flushed (the writer would fall back to batches)."""
+    from tomopipe.deployments.catalog_writer import CatalogWriter
+    from tomopipe.infra import processes, tiled_server
+    from tomopipe.tasks.catalog import connect_catalog, frames_landed, run_metadata
+
+    from tomopipe.config import load_settings
+
+    home = tmp_path
+    uid, docs = _sim_docs(home, angles=30)
+    key, port = tiled_server.new_api_key(), processes.free_port()
+    config = tiled_server.write_config(home, load_settings(home).data_roots, key)
+    proc = _serve_tiled(home, config, port, key)
+    try:
+        catalog = connect_catalog(f"http://127.0.0.1:{port}", key)
+        writer = CatalogWriter(catalog)
+        bridge = Bridge(writer, Recorder().emit, Ledger(home / "ledger.sqlite"),
+                        Journal(home / "journal"), beamline="bl", tomo_plans=("tomo_scan",))
+        primary = next(d["uid"] for n, d in docs if n == "descriptor" and d["name"] == "primary")
+        frames = [i for i, (n, d) in enumerate(docs)
+                  if n == "stream_datum" and d["descriptor"] == primary]
+        cut = frames[len(frames) // 2] + 1  # half the projections, then the bridge is idle
+        for name, doc in docs[:cut]:
+            bridge.handle(name, doc)
+        assert writer._writers[uid].flushable
+        n_frames = sum(int(d["indices"]["stop"]) - int(d["indices"]["start"])
+                       for n, d in docs[:cut] if n == "stream_datum")
+        run = connect_catalog(f"http://127.0.0.1:{port}", key)[uid]
+        assert frames_landed(run) < n_frames  # collected, not yet sent
+        bridge.flush()
+        run = connect_catalog(f"http://127.0.0.1:{port}", key)[uid]
+        assert frames_landed(run) == n_frames
+        assert run_metadata(run)[1] is None  # before the stop
+        events = sum(1 for n, d in docs[:cut] if n == "event" and d["descriptor"] == primary)
+        assert len(run["primary"].base["internal"].read()) == events
+        for name, doc in docs[cut:]:
+            bridge.handle(name, doc)
+        run = connect_catalog(f"http://127.0.0.1:{port}", key)[uid]
+        assert run_metadata(run)[1]["exit_status"] == "success"
+        assert frames_landed(run) == sum(int(d["indices"]["stop"]) - int(d["indices"]["start"])
+                                         for n, d in docs if n == "stream_datum")
+        assert bridge.skipped == 0
+    finally:
+        processes.stop_group(proc.pid)
