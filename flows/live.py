@@ -12,7 +12,7 @@ from prefect import flow
 from tomopipe.flows.pipeline import fail, reconstruct_scan, record_unexpected
 from tomopipe.flows.stream import stream_scan
 from tomopipe.tasks.recon_tasks import record_state
-from tomopipe.tasks.run_tasks import RunFailed, follow_run, resolve_run
+from tomopipe.tasks.run_tasks import RunFailed, ensure_succeeded, follow_run, resolve_run
 
 from tomopipe.context import run_context
 from tomopipe.errors import TomopipeError
@@ -29,13 +29,17 @@ def live_run(uid: str, params: dict | None = None, workers: int | None = None,
     plan_name = None
     record_state(ctx, uid, "waiting")
     try:
+        stop = None
         if stream:
-            streamed = stream_scan(ctx, uid, params=params, workers=workers,
-                                   scheduler=scheduler, positions=live_positions,
-                                   poll_s=poll_s, idle_timeout_s=idle_timeout_s)
+            streamed, stop = stream_scan(ctx, uid, params=params, workers=workers,
+                                         scheduler=scheduler, positions=live_positions,
+                                         poll_s=poll_s, idle_timeout_s=idle_timeout_s)
             if streamed is not None:
                 return streamed
-        follow_run(uid, ctx, poll_s=poll_s, idle_timeout_s=idle_timeout_s)
+        if stop is None:
+            follow_run(uid, ctx, poll_s=poll_s, idle_timeout_s=idle_timeout_s)
+        else:  # the run ended before it could stream: nothing to follow
+            ensure_succeeded(uid, stop)
         spec = resolve_run(uid, ctx)
         plan_name = spec.extra.get("plan_name")
         return reconstruct_scan(spec, ctx, source=uid, plan_name=plan_name, params=params,

@@ -1,8 +1,9 @@
 """Streaming inside the live flow: the volume grows while the scan runs, and at the stop only
 the last frames, the pyramid and the publish remain.
 
-``stream_scan`` returns None when the run cannot stream (the reason is logged), and the live
-flow then follows the run and reconstructs it at the stop as before. Backfill and single runs
+``stream_scan`` returns no volume when the run cannot stream (the reason is logged), and the
+live flow then follows the run and reconstructs it at the stop as before (at once, when the run
+had already stopped: a scan shorter than the flow's start). Backfill and single runs
 never stream: their runs are complete.
 """
 
@@ -20,8 +21,9 @@ from tomopipe.context import RunContext
 def stream_scan(ctx: RunContext, uid: str, *, params: dict | None = None,
                 workers: int | None = None, scheduler: str | None = None,
                 positions: dict | None = None, poll_s: float = 0.25,
-                idle_timeout_s: float = 600.0) -> dict | None:
-    """Stream run ``uid`` and publish its volume; None when it cannot stream."""
+                idle_timeout_s: float = 600.0) -> tuple[dict | None, dict | None]:
+    """Stream run ``uid`` and publish its volume: (published volume, None); when it cannot
+    stream, (None, the run's stop document if it has already stopped, else None)."""
     recon = recon_params(ctx.settings, params)
     out = volume_location(ctx.output_root, uid, recon).path
     workers, scheduler = default_compute(ctx, workers, scheduler)
@@ -29,7 +31,7 @@ def stream_scan(ctx: RunContext, uid: str, *, params: dict | None = None,
                         positions=positions, poll_s=poll_s, idle_timeout_s=idle_timeout_s)
     if not result.get("streamed"):
         get_run_logger().info("run %s is reconstructed at the stop: %s", uid, result["reason"])
-        return None
+        return None, result.get("stop")
     timings = result["timings"]
     figures = {"stream_last_batch_s": timings["last_batch_s"],
                "stream_publish_s": timings["publish_s"],
@@ -37,4 +39,4 @@ def stream_scan(ctx: RunContext, uid: str, *, params: dict | None = None,
                "stream_largest_batch": timings["largest_batch"]}
     published = publish(ctx, uid, result.get("plan_name"), result, recon, figures)
     return {**published, "live_path": result["live_path"],
-            **results_back(ctx, published["output"], uid)}
+            **results_back(ctx, published["output"], uid)}, None

@@ -110,8 +110,13 @@ def follow_run(uid: str, ctx: RunContext, *, poll_s: float = 0.25,
                             f"document ({count} frames landed)")
         time.sleep(poll_s)
     update_progress_artifact(artifact, 100.0, description=f"{last_count} frames landed; stopped")
+    log.info("run %s stopped (%s) with %d frames", uid, stop.get("exit_status"), last_count)
+    return ensure_succeeded(uid, stop)
+
+
+def ensure_succeeded(uid: str, stop: dict) -> dict:
+    """The stop document of a run that ended successfully; RunFailed with its reason if not."""
     status = stop.get("exit_status")
-    log.info("run %s stopped (%s) with %d frames", uid, status, last_count)
     if status != "success":
         reason = stop.get("reason") or "no reason given"
         raise RunFailed(f"run {uid} ended with exit_status {status!r}: {reason}")

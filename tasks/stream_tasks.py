@@ -30,7 +30,7 @@ from prefect.cache_policies import NO_CACHE
 from tomopipe.tasks import run_progress
 from tomopipe.tasks.catalog import catalog_for, frames_landed, run_documents, run_metadata
 from tomopipe.tasks.recon.params import ReconParams
-from tomopipe.tasks.run_tasks import RunFailed
+from tomopipe.tasks.run_tasks import RunFailed, ensure_succeeded
 
 from tomopipe.context import RunContext
 from tomopipe.errors import InputError, PlanError
@@ -59,8 +59,8 @@ def _artifact_key(uid: str) -> str:
 
 
 def _wait_for_projections(catalog, uid, ctx, poll_s, idle_timeout_s):
-    """(start document, partial ScanSpec) once the run's first projection is recorded; None
-    when the run stops first."""
+    """(start document, None, partial ScanSpec) once the run's first projection is recorded;
+    (start, stop document, None) when the run stops first."""
     from tomopipe.tasks.sources.bluesky_run import scan_from_documents
 
     deadline = time.monotonic() + idle_timeout_s
@@ -72,7 +72,7 @@ def _wait_for_projections(catalog, uid, ctx, poll_s, idle_timeout_s):
             continue
         start, stop = run_metadata(run)
         if stop:
-            return start, None
+            return start, stop, None
         tomo = start.get("tomo") if isinstance(start.get("tomo"), dict) else {}
         fields = sum(int(tomo.get(k) or 0) for k in ("n_flats", "n_darks"))
         spec = None
@@ -85,7 +85,7 @@ def _wait_for_projections(catalog, uid, ctx, poll_s, idle_timeout_s):
         except KeyError:  # a stream vanished: the bridge is rebuilding the run after a restart
             spec = None
         if spec is not None and spec.n_angles > 0:
-            return start, spec
+            return start, None, spec
         time.sleep(poll_s)
     raise RunFailed(f"run {uid}: no projection within {idle_timeout_s:.0f} s")
 
@@ -111,9 +111,10 @@ def stream_run(uid: str, ctx: RunContext, params: ReconParams, out: str, *,
         return {"streamed": False, "reason": "the data are moved before reconstruction "
                 "(transfer.destination): reconstructed at the stop"}
     catalog = catalog_for(ctx)
-    start, spec = _wait_for_projections(catalog, uid, ctx, poll_s, idle_timeout_s)
+    start, stop, spec = _wait_for_projections(catalog, uid, ctx, poll_s, idle_timeout_s)
     if spec is None:
-        return {"streamed": False, "reason": "the run stopped before its first projection"}
+        return {"streamed": False, "reason": "the run stopped before its first projection",
+                "stop": stop}
     planned = planned_angles_deg(start.get("tomo"))
     center_given = None if params.center == "auto" else float(params.center)
     reason = streaming.stream_refusal(params, spec, planned, center_given)
@@ -160,10 +161,7 @@ def stream_run(uid: str, ctx: RunContext, params: ReconParams, out: str, *,
         try:
             stop = _follow(run, catalog, uid, ctx, artifact, poll_s, ui_every_s,
                            idle_timeout_s)
-            status = stop.get("exit_status")
-            if status != "success":
-                reason = stop.get("reason") or "no reason given"
-                raise RunFailed(f"run {uid} ended with exit_status {status!r}: {reason}")
+            ensure_succeeded(uid, stop)
             # the camera has closed its file before the stop: every frame is on disk
             result = run.finish(streaming.frames_on_disk(spec.projections[0]))
         except BaseException as exc:
