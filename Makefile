@@ -79,7 +79,8 @@ test-faults: install
 
 # Beyond one machine, the slow part: tomopipe up with Prefect on the test PostgreSQL.
 test-facility: install slurm postgres
-	$(BIN)/pytest -q -ra tests/test_slurm.py tests/test_slurm_resources.py tests/test_postgres.py
+	$(BIN)/pytest -q -ra tests/test_slurm.py tests/test_slurm_resources.py tests/test_postgres.py \
+	  tests/test_production_processes.py
 
 demo: install
 	$(BIN)/python -m tomopipe.infra.demo
