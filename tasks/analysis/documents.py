@@ -85,10 +85,10 @@ def analysis_documents(raw_uid: str, measurements: dict, *, sample: str | None =
                        beamline: str | None = None) -> list[tuple[str, dict]]:
     """(name, doc) pairs of the analysis run of ``raw_uid``; ``measurements`` holds
     ``ANALYSIS_KEYS`` (missing ones are NaN, -1 or "")."""
+    # the start document carries the measurements too (None where missing), so an agent reads
+    # them from the catalog's metadata without reading the event's table
     md = {"analyzes": raw_uid, "raw_uid": raw_uid, "sample": sample, "beamline": beamline,
-          "summary": {k: measurements.get(k) for k in (
-              "center", "center_confidence", "sample_found", "offset_x_px", "offset_y_px",
-              "row_start", "row_stop", "convergence", "volume")}}
+          "summary": {k: measurements.get(k) for k in ANALYSIS_KEYS if k != "raw_uid"}}
     return _run(ANALYSIS_PLAN, ANALYSIS_KEYS, {**measurements, "raw_uid": raw_uid},
                 {k: v for k, v in md.items() if v is not None})
 

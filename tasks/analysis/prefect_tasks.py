@@ -57,3 +57,45 @@ def publish_decision(ctx: RunContext, raw_uid: str, decision: dict, *,
     create_markdown_artifact(text, key=key.rstrip("-"),
                              description=f"steering decision on {raw_uid}")
     return docs[0][1]["uid"]
+
+
+@task(name="wait-for-analysis", cache_policy=NO_CACHE)
+def wait_for_analysis(ctx: RunContext, raw_uid: str, *, timeout_s: float = 600.0,
+                      poll_s: float = 0.5) -> tuple[str, dict]:
+    """(analysis run uid, measurements) of ``raw_uid``, once it is in the catalog."""
+    import time
+
+    from tomopipe.tasks.analysis.queue_client import find_analysis
+    from tomopipe.tasks.catalog import catalog_for
+
+    from tomopipe.errors import ServiceError
+
+    catalog = catalog_for(ctx)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = find_analysis(catalog, raw_uid)
+        if found is not None:
+            return found
+        if time.monotonic() > deadline:
+            raise ServiceError(f"run {raw_uid}: no analysis in the catalog after "
+                               f"{timeout_s:.0f} s (was it reconstructed?)")
+        time.sleep(poll_s)
+
+
+@task(name="queue-plans", cache_policy=NO_CACHE)
+def queue_plans(ctx: RunContext, plans: list[tuple[str, list, dict]]) -> list[str]:
+    """Submit plans to the home's queue server and start the queue; the item uids."""
+    from tomopipe.tasks.analysis.queue_client import submit
+
+    uids = submit(ctx.services.queue_control, plans)
+    get_run_logger().info("queued %s as %s", [p[0] for p in plans], uids)
+    return uids
+
+
+@task(name="stop-scan", cache_policy=NO_CACHE)
+def stop_scan(ctx: RunContext, uid: str) -> None:
+    """End the running scan through the queue server (pause at its next checkpoint, stop)."""
+    from tomopipe.tasks.analysis.queue_client import stop_running
+
+    stop_running(ctx.services.queue_control)
+    get_run_logger().info("asked the queue server to stop %s", uid)

@@ -14,6 +14,7 @@ def add_parser(subparsers) -> None:
         description="One line (or, with --json, one object) per tomography run of the catalog "
                     "and per file reconstructed: uid, plan_name, state (waiting, running, "
                     "completed, failed, crashed), output volume and, when failed, the reason; "
+                    "steered_by: the uid of the scan whose analysis chose this one; "
                     "with --json also timeline (start, running, stop, published) and, while a "
                     "run streams, live (fraction, updated, path).")
     p.add_argument("--json", action="store_true", help="print a JSON list")
@@ -58,7 +59,8 @@ def _entry(uid: str, start: dict, stop: dict | None, row: dict | None,
 
     entry = {"uid": uid, "plan_name": start.get("plan_name"), "scan_id": start.get("scan_id"),
              "sample": start.get("sample"), "time": start.get("time"),
-             "exit_status": (stop or {}).get("exit_status")}
+             "exit_status": (stop or {}).get("exit_status"),
+             "steered_by": start.get("steered_by")}  # the scan whose analysis chose this one
     if row:
         state, output, message = row["state"], row["output"], row["message"]
         entry["updated"] = row["updated"]

@@ -44,6 +44,22 @@ def add_parser(subparsers) -> None:
     p.add_argument("--abort-after", type=int, metavar="K",
                    help="abort the run after K projections (its stop says exit_status abort)")
     p.add_argument("--seed", type=int, help="seed of the photon noise (default: random)")
+    p.add_argument("--sample-offset", metavar="DX,DY",
+                   help="put the sample DX,DY pixels off the rotation axis (the stage shifts "
+                        "the phantom in the projections)")
+    p.add_argument("--sample-shape", choices=("phantom", "grain"), default=None,
+                   help="the simulated sample: the phantom filling the field (default), or a "
+                        "grain half as wide in the middle half of the rows (default with "
+                        "--steer)")
+    p.add_argument("--steer", choices=("align", "stop"),
+                   help="scan on the queue server (tomopipe up --with-queue), steered: align "
+                        "= quick scan, the agent centres the sample and limits the rows, then "
+                        "the full scan; stop = a golden-ratio scan the agent ends once its live "
+                        "reconstruction has converged. The steered scan's uid is printed last")
+    p.add_argument("--quick-angles", type=int, default=45,
+                   help="angles of the quick low-dose scan of --steer align (default 45)")
+    p.add_argument("--timeout", type=float, default=900.0,
+                   help="seconds --steer waits for each scan and analysis (default 900)")
     p.set_defaults(func=run)
 
 
@@ -70,6 +86,14 @@ def run(args: argparse.Namespace) -> int:
     from tomopipe.infra.simulator.run import progress_printer, simulate
 
     settings = load_settings()
+    if args.steer:
+        from tomopipe.commands.steer import run_steered
+
+        args.sample_shape = args.sample_shape or "grain"
+        with contextlib.redirect_stdout(sys.stderr):
+            uid = run_steered(args, settings)
+        print(uid, flush=True)
+        return 0
     # The RunEngine logs an expected abort with a traceback; failures still raise from simulate.
     logging.getLogger("bluesky").addHandler(logging.NullHandler())
     address, serializer = bus_address(args, settings)
@@ -81,6 +105,14 @@ def run(args: argparse.Namespace) -> int:
                        fps=args.fps or None, sample=args.sample, publish_to=address,
                        serializer=serializer, callbacks=(progress_printer(sys.stderr),),
                        n_flats=args.flats, n_darks=args.darks, abort_after=args.abort_after,
-                       seed=args.seed, angle_order=args.angle_order)
+                       seed=args.seed, angle_order=args.angle_order,
+                       sample_shape=args.sample_shape or "phantom",
+                       sample_offset=_offset(args.sample_offset))
     print(uid, flush=True)
     return 0
+
+
+def _offset(text: str | None) -> tuple[float, float] | None:
+    from tomopipe.commands.steer import parse_offset
+
+    return parse_offset(text) if text else None
