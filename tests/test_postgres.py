@@ -94,9 +94,16 @@ def test_bad_database_url_is_one_line_naming_the_key(tmp_path):
 @pytest.mark.slow
 def test_tomopipe_up_runs_prefect_on_the_configured_postgres(postgres, tmp_path):
     """Facility mode: ``services.prefect_database`` puts the services' Prefect on PostgreSQL
-    (the deployments ``up`` registers are rows there) and status does not show the URL."""
+    (the deployments ``up`` registers are rows there) and status does not show the URL; the
+    dataflow runs on it end to end: a simulated scan on the bus, the bridge's event, the live-run
+    deployment's flow run taken by the worker, the volume, the COMPLETED run a PostgreSQL row."""
     import yaml
     from conftest import tomopipe_cli
+    from test_flows_support import LIVE, final_run
+    from tomopipe.infra.simulator.run import simulate
+    from tomopipe.tasks.storage.omezarr import is_complete
+
+    from tomopipe.config import load_settings
 
     home = tmp_path / "home"
     home.mkdir()
@@ -110,5 +117,26 @@ def test_tomopipe_up_runs_prefect_on_the_configured_postgres(postgres, tmp_path)
         assert int(postgres.psql("select count(*) from deployment").strip()) >= 1
         status = tomopipe_cli("status", "--json", home=home)
         assert postgres.url not in status.stdout
+
+        from tomopipe.infra.services import view
+
+        state = view(home)  # the services' addresses
+        api = state["prefect_api"]
+        # reconstruct in the flow's process (workers=0): a tiny scan, as tests/test_flows.py
+        dep = httpx.get(f"{api}/deployments/name/{LIVE}/live", timeout=30).json()
+        httpx.patch(f"{api}/deployments/{dep['id']}", timeout=30, json={
+            "parameters": {**(dep.get("parameters") or {}), "workers": 0}}).raise_for_status()
+        uid = simulate(load_settings(home), size=32, rows=8, angles=45, fps=None,
+                       sample="pg-dataflow", publish_to=state["zmq_in"])
+        fr = final_run(state, LIVE, uid, 300)
+        assert fr["state_type"] == "COMPLETED", fr["state"]["message"]
+        assert postgres.psql(
+            "select count(*) from flow_run f join flow on f.flow_id = flow.id where flow.name ="
+            f" '{LIVE}' and f.state_type = 'COMPLETED' and f.parameters->>'uid' = '{uid}'"
+        ).strip() == "1"
+        from tomopipe.tasks import results_table
+
+        row = results_table.read_one(home, uid)
+        assert row["state"] == "completed" and is_complete(row["output"])
     finally:
         tomopipe_cli("down", home=home, timeout=120)
