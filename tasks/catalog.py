@@ -92,22 +92,29 @@ def run_metadata(run) -> tuple[dict, dict | None]:
 
 
 def _streams(run):
+    """(name, stream node) of a run's streams, from one listing of the run (each child comes
+    with its metadata: no request per stream)."""
     base = run.base if hasattr(run, "base") else run
-    for key in list(base):
-        node = base[key]
+    for key, node in base.items():
         if "data_keys" in dict(node.metadata):
+            yield key, node
+
+
+def _external_arrays(stream):
+    """(data key, array node) of a stream's detector data registered in the catalog, from one
+    listing of the stream."""
+    external = {k for k, spec in dict(stream.metadata["data_keys"]).items()
+                if spec.get("external")}
+    sbase = stream.base if hasattr(stream, "base") else stream
+    for key, node in sbase.items():
+        if key in external:
             yield key, node
 
 
 def frames_landed(run) -> int:
     """Frames registered so far across the run's external (detector) arrays."""
-    total = 0
-    for _, stream in _streams(run):
-        sbase = stream.base if hasattr(stream, "base") else stream
-        for key, spec in dict(stream.metadata["data_keys"]).items():
-            if spec.get("external") and key in sbase:
-                total += int(sbase[key].structure().shape[0])
-    return total
+    return sum(int(node.structure().shape[0])
+               for _, stream in _streams(run) for _, node in _external_arrays(stream))
 
 
 def run_documents(run) -> list[tuple[str, dict]]:
@@ -139,10 +146,7 @@ def _documents_from_nodes(run) -> list[tuple[str, dict]]:
         descriptor = {**md, "name": name, "uid": desc_uid, "run_start": uid}
         docs.append(("descriptor", descriptor))
         sbase = stream.base if hasattr(stream, "base") else stream
-        for key, spec in dict(md["data_keys"]).items():
-            if not spec.get("external") or key not in sbase:
-                continue
-            node = sbase[key]
+        for key, node in _external_arrays(stream):
             source = node.data_sources()[0]
             n = int(node.structure().shape[0])
             params = {k: v for k, v in dict(source.parameters).items() if k != "swmr"}
