@@ -39,7 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 PROD = REPO / "infra/production"
 BIN = Path(sys.executable).parent
 SECRETS = {"POSTGRES_PASSWORD": "pg-secret", "PREFECT_DB_PASSWORD": "prefect-secret",
-           "TILED_DB_PASSWORD": "tiled-secret", "TILED_SINGLE_USER_API_KEY": "0123456789abcdef0123456789abcdef",
+           "TILED_DB_PASSWORD": "tiled-secret",
+           "TILED_SINGLE_USER_API_KEY": "0123456789abcdef0123456789abcdef",  # Tiled: alphanumeric
            "PREFECT_API_AUTH_STRING": "tomo:prefect-pass"}
 # the order compose starts them in (depends_on)
 ORDER = ("zmq-proxy", "prefect-server", "tiled", "bootstrap", "prefect-worker", "bridge")
