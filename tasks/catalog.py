@@ -6,6 +6,7 @@ written by bluesky's TiledWriter (StreamResource/StreamDatum layout).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from datetime import datetime
@@ -111,12 +112,33 @@ def _external_arrays(stream):
             yield key, node
 
 
+def _vanished_as_key_error(read):
+    """A run deleted while it is read (the bridge rebuilds a run's node after a restart, or
+    when the catalog was down) raises KeyError, as a run not yet in the catalog does, rather
+    than the client's 404 error: callers wait and look again."""
+
+    @functools.wraps(read)
+    def wrapper(run, *args, **kwargs):
+        from tiled.client.utils import ClientError
+
+        try:
+            return read(run, *args, **kwargs)
+        except ClientError as exc:
+            if exc.response.status_code == 404:
+                raise KeyError(str(getattr(run, "uri", run))) from exc
+            raise
+
+    return wrapper
+
+
+@_vanished_as_key_error
 def frames_landed(run) -> int:
     """Frames registered so far across the run's external (detector) arrays."""
     return sum(int(node.structure().shape[0])
                for _, stream in _streams(run) for _, node in _external_arrays(stream))
 
 
+@_vanished_as_key_error
 def run_documents(run) -> list[tuple[str, dict]]:
     """The run as (name, document) pairs: from the server's document export when it has one,
     otherwise rebuilt from the catalog's nodes (start, descriptors, stream resources covering
@@ -128,6 +150,8 @@ def run_documents(run) -> list[tuple[str, dict]]:
             if docs:
                 return docs
         except Exception as exc:  # servers without the json-seq exporter answer 406
+            if getattr(getattr(exc, "response", None), "status_code", None) == 404:
+                raise  # the run vanished, not the exporter
             log.debug("document export unavailable (%s); rebuilding from nodes", exc)
             _NO_EXPORT.add(server)
     return _documents_from_nodes(run)
