@@ -62,7 +62,9 @@ from tomopipe.errors import ConfigError, ServiceError
 WORK_POOL = "tomopipe"
 SERIALIZER = "msgpack"  # the default of config.yaml's bus.serializer
 # Start order; down stops them in reverse.
-SERVICES = ("prefect", "dask", "worker", "zmq_proxy", "tiled", "bridge", "redis", "queue")
+CORE_SERVICES = ("prefect", "dask", "worker", "zmq_proxy", "tiled", "bridge")
+QUEUE_SERVICES = ("redis", "queue")  # with --with-queue
+SERVICES = CORE_SERVICES + QUEUE_SERVICES
 STARTING_FILE = "services.starting.json"  # pids of an `up` in progress
 
 # The worker is woken by the server's event stream when a run of its pool is scheduled
