@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from test_flows_support import (  # noqa: F401  (e2_services is a fixture)
     LIVE,
     e2_services,
@@ -339,6 +340,7 @@ def _serve_tiled(home, config, port, key):
     return proc
 
 
+@pytest.mark.slow  # two Tiled start-ups (about 80 s): with the fault matrix, make test-faults
 def test_run_written_when_a_killed_catalog_server_comes_back(tmp_path):
     """A real Tiled server SIGKILLed while a run's documents arrive, then started again on the
     same port and database: the bridge writes the whole run from its journal, then emits."""

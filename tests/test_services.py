@@ -312,6 +312,7 @@ def test_two_homes_side_by_side_then_down_stops_every_process(services, services
     assert all(svc.health(services).values())
 
 
+@pytest.mark.slow  # two full `up`s (about 80 s): make test-faults runs it
 @pytest.mark.timeout(900)
 def test_restarted_services_keep_their_addresses(tmp_path, request):
     """`down` then `up` with no options: every service is where it was, so the Prefect UI
