@@ -99,6 +99,7 @@ def stream_run(uid: str, ctx: RunContext, params: ReconParams, out: str, *,
     cannot (the flow then reconstructs at the stop), else the published volume's result with
     ``streamed: True``. Raises RunFailed when the run ends other than successfully."""
     import numpy as np
+    from tomopipe.infra import scaling
     from tomopipe.infra.cluster import dask_client
     from tomopipe.tasks.recon import streaming
     from tomopipe.tasks.recon.engine import _budget
@@ -123,6 +124,10 @@ def stream_run(uid: str, ctx: RunContext, params: ReconParams, out: str, *,
         return {"streamed": False, "reason": reason}
 
     with dask_client(scheduler=scheduler, workers=workers) as client:
+        reason = streaming.cluster_refusal(scaling.bounds(client))
+        if reason:
+            log.info("run %s is reconstructed at the stop: %s", uid, reason)
+            return {"streamed": False, "reason": reason}
         n_workers, budget = _budget(client, None)
         rows = (params.rows[1] - params.rows[0]) if params.rows else spec.n_rows
         try:

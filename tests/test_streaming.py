@@ -20,6 +20,7 @@ from tomopipe.tasks.recon.incremental import correlation
 from tomopipe.tasks.recon.params import ReconParams
 from tomopipe.tasks.recon.streaming import (
     StreamRun,
+    cluster_refusal,
     early_center,
     plan_stream,
     stream_refusal,
@@ -222,6 +223,9 @@ def test_runs_that_cannot_stream_say_why(tmp_path):
     assert "one file" in stream_refusal(ReconParams(), two_files, planned, None)
     offset = stream_refusal(ReconParams(), spec, np.arange(0.0, 360.0, 0.5), 12.0)
     assert "360-degree" in offset
+    # an adaptive SLURM cluster (infra.scaling answers its bounds) takes requests, not streams
+    assert cluster_refusal(None) is None
+    assert "adaptive SLURM" in cluster_refusal({"max_jobs": 2, "workers_per_job": 1})
     # memory: 2048 running slices of 2048^2 do not fit 2 workers of 4 GiB
     with pytest.raises(PlanError, match="streaming does not fit"):
         plan_stream(2048, 2048, n_workers=2, memory_budget=4 * 2**30)

@@ -96,6 +96,19 @@ def stream_refusal(params: ReconParams, spec: ScanSpec, planned_deg, center) -> 
     return None
 
 
+def cluster_refusal(request_bounds: dict | None) -> str | None:
+    """Why the connected cluster cannot take a stream, or None. ``request_bounds``: what an
+    adaptive cluster sizes requests against (``infra.scaling.bounds``), None for fixed workers.
+
+    A stream's blocks hold one worker each for the whole scan, sized to the workers present; an
+    adaptive (SLURM) cluster may have none while idle and grows only on a run's request, which
+    the reconstruction at the stop makes from the scan's size and acquisition rate."""
+    if request_bounds is None:
+        return None
+    return ("the cluster grows on request (adaptive SLURM jobs): the run asks for the workers "
+            "its scan needs and is reconstructed at the stop")
+
+
 @dataclass
 class StreamPlan:
     """One block of rows per worker, and the chunk plan of the volume they write."""
