@@ -101,15 +101,18 @@ def _streams(run):
             yield key, node
 
 
-def _external_arrays(stream):
-    """(data key, array node) of a stream's detector data registered in the catalog, from one
-    listing of the stream."""
-    external = {k for k, spec in dict(stream.metadata["data_keys"]).items()
-                if spec.get("external")}
+def _children(stream) -> dict:
+    """A stream's nodes (its detector arrays and its ``internal`` table) from one listing."""
     sbase = stream.base if hasattr(stream, "base") else stream
-    for key, node in sbase.items():
-        if key in external:
-            yield key, node
+    return dict(sbase.items())
+
+
+def _external_arrays(stream, children: dict | None = None):
+    """(data key, array node) of a stream's detector data registered in the catalog."""
+    children = _children(stream) if children is None else children
+    for key, spec in dict(stream.metadata["data_keys"]).items():
+        if spec.get("external") and key in children:
+            yield key, children[key]
 
 
 def _vanished_as_key_error(read):
@@ -169,8 +172,8 @@ def _documents_from_nodes(run) -> list[tuple[str, dict]]:
         desc_uid = md.get("uid") or f"{uid}-{name}"
         descriptor = {**md, "name": name, "uid": desc_uid, "run_start": uid}
         docs.append(("descriptor", descriptor))
-        sbase = stream.base if hasattr(stream, "base") else stream
-        for key, node in _external_arrays(stream):
+        children = _children(stream)
+        for key, node in _external_arrays(stream, children):
             source = node.data_sources()[0]
             n = int(node.structure().shape[0])
             params = {k: v for k, v in dict(source.parameters).items() if k != "swmr"}
@@ -184,8 +187,8 @@ def _documents_from_nodes(run) -> list[tuple[str, dict]]:
                     "uid": f"{sres_uid}/0", "stream_resource": sres_uid, "descriptor": desc_uid,
                     "indices": {"start": 0, "stop": n}, "seq_nums": {"start": 1, "stop": n + 1},
                 }))
-        if "internal" in sbase:
-            docs.extend(("event", ev) for ev in _events(sbase["internal"].read(), desc_uid))
+        if "internal" in children:
+            docs.extend(("event", ev) for ev in _events(children["internal"].read(), desc_uid))
     if stop:
         docs.append(("stop", stop))
     return docs
