@@ -31,6 +31,7 @@ from tomopipe.tasks.analysis.prefect_tasks import (
 from tomopipe.context import run_context
 
 AGENT = "tomopipe align-and-zoom"
+AGENT_STOP = "tomopipe stop-when-good-enough"
 
 
 def full_scan_plans(quick_uid: str, decision: Decision, scan: dict) -> list:
@@ -76,31 +77,47 @@ class ScanChoice(RunInput):
     note: str = ""
 
 
+PAUSE_POLL_S = 2  # how often the paused flow looks for the person's answer
+
+
+def plans_text(plans: list) -> str:
+    """The queue items as a person reads them: ``name(key=value, ...)``, one a line."""
+    return "\n".join(f"- `{name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})`"
+                     for name, _, kwargs in plans)
+
+
 @flow(name="suggest-scan", log_prints=True)
 def suggest_scan(quick_uid: str, scan: dict, home: str | None = None,
-                 timeout_s: float = 600.0, wait_s: int = 3600) -> dict:
+                 timeout_s: float = 600.0, wait_s: int = 3600, start_queue: bool = True) -> dict:
     """Suggest the next scan after ``quick_uid`` and wait (``wait_s``) for a person to approve,
-    edit or refuse it in the Prefect UI; the choice goes to the queue and is recorded."""
+    edit or refuse it in the Prefect UI (the paused run's input form: its description shows the
+    suggested plans and their parameters, its fields hold them as defaults); the choice goes to
+    the queue (started unless ``start_queue`` is false) and is recorded."""
     from prefect import pause_flow_run
 
     ctx = run_context(home)
     analysis_uid, found = wait_for_analysis(ctx, quick_uid, timeout_s=timeout_s)
     suggested = align_decision(found, detector_rows=int(scan["rows"]))
     if not suggested.acts:
-        publish_decision(ctx, quick_uid, suggested.to_dict(), analysis_uid=analysis_uid)
-        return {"decision": suggested.to_dict(), "queued": [], "analysis_uid": analysis_uid}
+        decision_uid = publish_decision(ctx, quick_uid, suggested.to_dict(),
+                                        analysis_uid=analysis_uid)
+        return {"decision": suggested.to_dict(), "queued": [], "analysis_uid": analysis_uid,
+                "decision_uid": decision_uid}
     initial = ScanChoice(approve=True, move_x_px=suggested.moves.get("stage_x", 0.0),
                          move_y_px=suggested.moves.get("stage_y", 0.0),
                          row_start=suggested.scan["row_start"],
                          row_stop=suggested.scan["row_stop"], angles=int(scan["angles"]))
-    print(f"suggested for {quick_uid}: {suggested.reason}")
+    shown = plans_text(full_scan_plans(quick_uid, suggested, scan))
+    print(f"suggested for {quick_uid}: {suggested.reason}\n{shown}")
     choice = pause_flow_run(
         wait_for_input=ScanChoice.with_initial_data(
             description=f"**Next scan after {quick_uid}**\n\n{suggested.reason}\n\n"
+                        f"Suggested plans:\n\n{shown}\n\n"
                         "Approve as shown, edit the moves, rows or angles, or untick approve "
                         "to refuse.", **initial.model_dump()),
-        timeout=wait_s)
-    edited = choice.model_dump() != initial.model_dump()
+        timeout=wait_s, poll_interval=PAUSE_POLL_S)
+    edited = choice.model_dump(exclude={"approve", "note"}) != initial.model_dump(
+        exclude={"approve", "note"})
     inputs = {**suggested.inputs, "suggested": initial.model_dump(),
               "person": choice.model_dump()}
     if not choice.approve:
@@ -112,7 +129,8 @@ def suggest_scan(quick_uid: str, scan: dict, home: str | None = None,
                             moves={"stage_x": choice.move_x_px, "stage_y": choice.move_y_px},
                             scan={"row_start": choice.row_start, "row_stop": choice.row_stop})
         queued = queue_plans(ctx, full_scan_plans(quick_uid, decision,
-                                                  {**scan, "angles": choice.angles}))
+                                                  {**scan, "angles": choice.angles}),
+                             start=start_queue)
     decision_uid = publish_decision(ctx, quick_uid, decision.to_dict(),
                                     analysis_uid=analysis_uid, queued=queued)
     return {"decision": decision.to_dict(), "analysis_uid": analysis_uid,
@@ -162,7 +180,7 @@ def stop_when_converged(uid: str, home: str | None = None, timeout_s: float = 90
                                   f"timed out) before converging: {state.reason}"}, uid=uid)
         queued: list[str] = []
     else:
-        stop_scan(ctx, uid)
+        stop_scan(ctx, uid, f"{AGENT_STOP}: {decision.reason}")
         queued = ["re_stop"]
     decision = Decision(decision.action, decision.reason,
                         {**decision.inputs, "updates": updates, "rules": rules})

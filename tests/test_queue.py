@@ -1,7 +1,9 @@
 """The queue server smoke test: a real Redis (Debian's redis-server), bluesky-queueserver's real
 RE Manager running the simulated beamline's startup script, and a real 0MQ proxy: a queued
 ``mount_sample`` + ``tomo_scan_sim`` runs, and its documents (with the stage moved) reach the
-bus like any other scan's. Skips only when redis-server is not installed (``make redis``)."""
+bus like any other scan's; a running scan is ended early through the queue server
+(``queue_client.stop_running``: the ``request_stop`` function run in the background), its stop
+document saying why. Skips only when redis-server is not installed (``make redis``)."""
 
 from __future__ import annotations
 
@@ -78,6 +80,7 @@ def _collect(zmq_out: str, docs: list, stop: threading.Event):
 @pytest.mark.timeout(400)
 def test_queued_scan_runs_on_the_simulated_beamline_and_reaches_the_bus(queue_home):
     from bluesky_queueserver_api import BPlan
+    from tomopipe.tasks.analysis.queue_client import running_run_uid, stop_running
 
     home, control, zmq_out = queue_home
     docs: list = []
@@ -103,11 +106,21 @@ def test_queued_scan_runs_on_the_simulated_beamline_and_reaches_the_bus(queue_ho
         uid = scan["result"]["run_uids"][0]
         with pytest.raises(rm.RequestFailedError, match="no_such_plan"):
             rm.item_add(BPlan("no_such_plan"))
+        # ended early through the queue server: a long scan stopped before its next projection
+        long = rm.item_add(BPlan("tomo_scan_sim", angles=400, size=32, rows=4, n_flats=1,
+                                 n_darks=1, fps=20.0, sample="stopped"))["item"]["item_uid"]
+        rm.queue_start()
+        early_uid = running_run_uid(control, long, timeout=120)
+        assert early_uid, "the long scan ended before it could be stopped"
+        time.sleep(1.0)
+        stop_running(control, "good enough: the test says so")
+        ended = rm.history_get()["items"][-1]
+        assert ended["item_uid"] == long and ended["result"]["exit_status"] == "completed"
     finally:
         rm.close()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not any(
-            n == "stop" and d["run_start"] == uid for n, d in docs):
+            n == "stop" and d["run_start"] == early_uid for n, d in docs):
         time.sleep(0.2)
     stop.set()
     starts = [d for n, d in docs if n == "start" and d["uid"] == uid]
@@ -118,3 +131,8 @@ def test_queued_scan_runs_on_the_simulated_beamline_and_reaches_the_bus(queue_ho
     assert start["tomo"]["detector_rows"] == [1, 3]
     events = [d for n, d in docs if n == "event"]
     assert events and any(n == "stream_resource" for n, _ in docs)
+    stops = [d for n, d in docs if n == "stop" and d["run_start"] == early_uid]
+    assert stops, f"the stopped run {early_uid} has no stop document on the bus"
+    assert stops[0]["exit_status"] == "success"
+    assert stops[0]["reason"] == "good enough: the test says so"
+    assert 0 < stops[0]["num_events"]["primary"] < 400

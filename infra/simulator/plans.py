@@ -7,7 +7,7 @@ event per projection with the rotation stage's angle). The run's start document 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import bluesky.plan_stubs as bps
 from tomopipe.infra.simulator.devices import SimAxis, SimCamera, SimShutter
@@ -18,14 +18,16 @@ SAMPLE_OUT_MM = 5.0  # sample translation that takes the sample out of the beam 
 def tomo_scan(camera: SimCamera, rotation: SimAxis, shutter: SimShutter, sample_axis: SimAxis,
               angles_deg: Sequence[float], *, n_darks: int, n_flats: int, data_dir,
               md: dict | None = None, abort_after: int | None = None,
-              checkpoints: bool = False):
+              checkpoints: bool = False, stop_requested: Callable[[], str | None] | None = None):
     """Take ``n_darks`` darks, ``n_flats`` flats and one projection per angle (degrees).
 
     The camera writes under ``data_dir / <run uid>``. ``abort_after``: pause after that many
     projections (the caller then aborts the paused RunEngine: the operator's abort path).
     ``checkpoints``: a checkpoint before each projection, so the queue server can pause and
     stop the scan between projections (an agent ending it early; the run then ends "success"
-    with the projections taken so far).
+    with the projections taken so far). ``stop_requested()``: asked before each projection; a
+    reason (text) ends the scan there, its stop document saying "success" and that reason (an
+    agent ending a scan that is good enough).
     """
     angles = [float(a) for a in angles_deg]
     md = dict(md or {})
@@ -52,14 +54,20 @@ def tomo_scan(camera: SimCamera, rotation: SimAxis, shutter: SimShutter, sample_
         yield from bps.trigger_and_read([camera], name="flat")
     yield from bps.mv(sample_axis, 0.0)
 
+    stopped = None
     for i, angle in enumerate(angles):
         if checkpoints:
             yield from bps.checkpoint()
+        if stop_requested is not None and (stopped := stop_requested()):
+            break
         yield from bps.mv(rotation, angle)
         yield from bps.trigger_and_read([camera, rotation], name="primary")
         if abort_after is not None and i + 1 >= abort_after:
             yield from bps.pause()
 
     yield from bps.unstage(camera)
-    yield from bps.close_run()
+    if stopped:
+        yield from bps.close_run(exit_status="success", reason=stopped)
+    else:
+        yield from bps.close_run()
     return uid

@@ -6,6 +6,7 @@ from tomopipe.infra.simulator.queue_plans import (  # noqa: F401  (offered to th
     connect,
     mount_sample,
     move_stage,
+    request_stop,
     tomo_scan_sim,
 )
 

@@ -6,7 +6,10 @@ the plans people and agents queue (names without a leading underscore are offere
 - ``move_stage(dx_px, dy_px)``: move the stage motors by that much;
 - ``tomo_scan_sim(...)``: one tomography scan (infra/simulator/run.scan_plan) with a checkpoint
   before each projection, so the manager can stop it early; ``row_start``/``row_stop`` read only
-  those detector rows; ``md`` goes into the start document (e.g. ``steered_by``).
+  those detector rows; ``md`` goes into the start document (e.g. ``steered_by``);
+- ``request_stop(reason)``: a function (the queue server's ``function_execute``, run in the
+  background while a plan runs): the running scan ends before its next projection, its stop
+  document saying ``success`` and ``reason`` (an agent ending a scan that is good enough).
 
 ``connect(RE)`` (the startup script calls it) subscribes the home's document bus to the
 RunEngine.
@@ -51,6 +54,12 @@ def move_stage(dx_px: float = 0.0, dy_px: float = 0.0):
                       STAGE.y, STAGE.y.position + float(dy_px))
 
 
+def request_stop(reason: str = "stopped by an agent") -> str:
+    """End the running ``tomo_scan_sim`` before its next projection, saying ``reason``."""
+    _STATE["stop_reason"] = str(reason) or "stopped by an agent"
+    return _STATE["stop_reason"]
+
+
 def tomo_scan_sim(angles: int = 180, size: int = 128, rows: int = 16,
                   angle_order: str = "sequential", fps: float = 0.0, sample: str = "sample",
                   sample_shape: str = "grain", row_start: int = -1, row_stop: int = -1,
@@ -59,16 +68,19 @@ def tomo_scan_sim(angles: int = 180, size: int = 128, rows: int = 16,
     from tomopipe.infra.simulator.run import scan_plan
 
     settings = _STATE["settings"]
+    _STATE.pop("stop_reason", None)  # a request left from an earlier scan is not for this one
     row_range = (int(row_start), int(row_stop)) if row_start >= 0 and row_stop > 0 else None
     plan, start_md, camera = scan_plan(
         settings, stage=STAGE, size=int(size), rows=int(rows), angles=int(angles),
         fps=float(fps) or None, sample=sample, n_flats=int(n_flats), n_darks=int(n_darks),
         angle_order=angle_order, sample_shape=sample_shape, row_range=row_range,
-        checkpoints=True, md={**(md or {}), "queued": True})
+        checkpoints=True, md={**(md or {}), "queued": True},
+        stop_requested=lambda: _STATE.get("stop_reason"))
     RE = _STATE.get("RE")
     if RE is not None:
         RE.md["scan_id"] = start_md["scan_id"] - 1  # the RunEngine adds one
     try:
         return (yield from plan)
     finally:
+        _STATE.pop("stop_reason", None)
         camera.unstage()

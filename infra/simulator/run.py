@@ -153,10 +153,12 @@ def scan_plan(settings: Settings, *, stage, size: int, rows: int, angles: int,
               on_frame: Callable | None = None, arc_deg: float = 180.0,
               angle_order: str = "sequential", sample_shape: str = "phantom",
               row_range: tuple[int, int] | None = None, checkpoints: bool = False,
-              md: dict | None = None, offset_known: bool = True):
+              md: dict | None = None, offset_known: bool = True,
+              stop_requested: Callable[[], str | None] | None = None):
     """(plan, start metadata, camera) of one simulated scan of the sample on ``stage``
     (devices.SimStage); ``row_range``: read only those detector rows; ``md``: more start
-    metadata. The devices are made here; the stage is the caller's (it outlives scans)."""
+    metadata; ``stop_requested``: see plans.tomo_scan. The devices are made here; the stage is
+    the caller's (it outlives scans)."""
     from tomopipe.infra.simulator.devices import SimAxis, SimCamera, SimShutter
     from tomopipe.infra.simulator.plans import tomo_scan
 
@@ -217,7 +219,7 @@ def scan_plan(settings: Settings, *, stage, size: int, rows: int, angles: int,
     scan_id = start_md.pop("scan_id")
     plan = tomo_scan(camera, rotation, shutter, sample_axis, angle_list, n_darks=n_darks,
                      n_flats=n_flats, data_dir=data_dir, md=start_md, abort_after=abort_after,
-                     checkpoints=checkpoints)
+                     checkpoints=checkpoints, stop_requested=stop_requested)
     return plan, {"scan_id": scan_id}, camera
 
 

@@ -83,19 +83,21 @@ def wait_for_analysis(ctx: RunContext, raw_uid: str, *, timeout_s: float = 600.0
 
 
 @task(name="queue-plans", cache_policy=NO_CACHE)
-def queue_plans(ctx: RunContext, plans: list[tuple[str, list, dict]]) -> list[str]:
-    """Submit plans to the home's queue server and start the queue; the item uids."""
+def queue_plans(ctx: RunContext, plans: list[tuple[str, list, dict]], *, start: bool = True
+                ) -> list[str]:
+    """Submit plans to the home's queue server and (``start``) start the queue; the item uids."""
     from tomopipe.tasks.analysis.queue_client import submit
 
-    uids = submit(ctx.services.queue_control, plans)
+    uids = submit(ctx.services.queue_control, plans, start=start)
     get_run_logger().info("queued %s as %s", [p[0] for p in plans], uids)
     return uids
 
 
 @task(name="stop-scan", cache_policy=NO_CACHE)
-def stop_scan(ctx: RunContext, uid: str) -> None:
-    """End the running scan through the queue server (pause at its next checkpoint, stop)."""
+def stop_scan(ctx: RunContext, uid: str, reason: str) -> None:
+    """End the running scan through the queue server before its next projection; its stop
+    document says ``reason``."""
     from tomopipe.tasks.analysis.queue_client import stop_running
 
-    stop_running(ctx.services.queue_control)
+    stop_running(ctx.services.queue_control, reason)
     get_run_logger().info("asked the queue server to stop %s", uid)

@@ -77,18 +77,24 @@ def running_run_uid(control: str, item_uid: str, *, timeout: float, poll_s: floa
         rm.close()
 
 
-def stop_running(control: str) -> None:
-    """End the running plan between projections: pause at the next checkpoint, then stop (the
-    run ends "success" with what it took)."""
+def stop_running(control: str, reason: str, *, timeout: float = 60.0) -> None:
+    """End the running scan before its next projection, its stop document saying ``reason``:
+    the beamline's ``request_stop`` function (infra/simulator/queue_plans.py), run through the
+    queue server in the background while the plan runs. Returns once the manager is idle."""
+    from bluesky_queueserver_api import BFunc
+
     rm = manager(control)
     try:
-        rm.re_pause(option="deferred")
-        deadline = time.monotonic() + 60
-        while rm.status()["manager_state"] != "paused":
+        try:
+            rm.function_execute(BFunc("request_stop", reason), run_in_background=True)
+        except rm.RequestFailedError as exc:
+            raise ServiceError(f"queue server {control}: request_stop refused: {exc}") from exc
+        deadline = time.monotonic() + timeout
+        while rm.status()["manager_state"] != "idle":
             if time.monotonic() > deadline:
-                raise ServiceError(f"queue server {control}: the running plan did not pause")
+                raise ServiceError(f"queue server {control}: the running plan did not end "
+                                   f"{timeout:.0f} s after request_stop")
             time.sleep(0.1)
-        rm.re_stop()
     finally:
         rm.close()
 
