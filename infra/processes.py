@@ -74,7 +74,11 @@ def alive(pid: int | None, started: float | None = None) -> bool:
     created = start_time(pid)
     if created is None:
         return False
-    return started is None or abs(created - started) < 1.0
+    # psutil's create_time is the boot time (/proc/stat btime, whole seconds, recomputed from the
+    # clock, so it steps when the clock is adjusted) plus the start ticks: the same process can
+    # read a whole second apart (seen after 16 h of uptime, when every `tomopipe up` then waited
+    # for a healthy service forever).
+    return started is None or abs(created - started) < 2.5
 
 
 def _reap(pid: int) -> None:
