@@ -13,7 +13,8 @@ STAMP  := $(VENV)/.installed-$(EXTRAS)
 # its bytecode, and precompile at install.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: install test test-faults demo lint bench clean down browser slurm postgres test-facility redis
+.PHONY: install test test-faults demo lint bench clean down browser slurm postgres test-facility redis \
+	test-steering
 
 install: $(STAMP)
 
@@ -81,6 +82,12 @@ test-faults: install
 test-facility: install slurm postgres
 	$(BIN)/pytest -q -ra tests/test_slurm.py tests/test_slurm_resources.py tests/test_postgres.py \
 	  tests/test_production_processes.py
+
+# Steering end to end (slow; real Redis, RE Manager, Prefect, Tiled): align and zoom, a person
+# approving, editing or refusing a suggested scan, and a golden scan stopped once good enough.
+test-steering: install redis
+	$(BIN)/pytest -q -ra tests/test_steering.py tests/test_steering_person.py \
+	  tests/test_steering_stop.py
 
 demo: install
 	$(BIN)/python -m tomopipe.infra.demo
