@@ -6,9 +6,11 @@ A quick scan's analysis (a sample 12, -4 px off the axis in rows 4:12) goes on t
 reads it from the catalog and pauses. The test reads what the UI shows of the paused run (its
 input description and form schema: the suggested plans and their parameters), then answers as
 the UI's resume form does (``POST /flow_runs/{id}/resume`` with ``run_input``): approve as shown,
-edit, or refuse. Approve and edit put the stage move and the scan on the real RE Manager's queue
-(not started, so no scan runs); refuse queues nothing; each choice is recorded as a
-``steering_decision`` run in the catalog and as an artifact.
+edit, or refuse. Where Debian's chromium is installed, "approve" is done in the real Prefect UI
+instead (tests/browser.py): the paused run's page, its Resume dialog showing the suggested plans
+and their parameters, and its Submit button. Approve and edit put the stage move and the scan
+on the real RE Manager's queue (not started, so no scan runs); refuse queues nothing; each
+choice is recorded as a ``steering_decision`` run in the catalog and as an artifact.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import uuid
 
 import httpx
 import pytest
+from browser import browser, chromium_path
 from test_flows_support import e2_services, wait_for  # noqa: F401  (fixture)
 from test_steering import _decisions, _queue_items, queue_services  # noqa: F401  (fixture)
 
@@ -53,6 +56,22 @@ def _run_input(api: str, run_id: str, key: str):
     r = httpx.get(f"{api}/flow_runs/{run_id}/input/{key}", timeout=30)
     r.raise_for_status()
     return r.json()
+
+
+def _approve_in_the_ui(api: str, run_id: str) -> None:
+    """Open the paused run in the Prefect UI, check its Resume dialog shows the suggested plans
+    and their parameters, and submit the form as shown."""
+    ui = api.rstrip("/").removesuffix("/api")
+    with browser() as page:
+        page.goto(f"{ui}/runs/flow-run/{run_id}")
+        page.wait_for("document.body.innerText.includes('Paused')", 120, what="the paused run")
+        page.click_text("Resume", 60)
+        page.wait_for("document.body.innerText.includes('move_stage(dx_px=-12.0, dy_px=4.0)') "
+                      "&& document.body.innerText.includes('row_start=3, row_stop=13')", 60,
+                      what="the suggested plans in the Resume dialog")
+        page.click_text("Submit", 60)
+        page.wait_for(f"fetch('{api}/flow_runs/{run_id}').then(r => r.json())"
+                      ".then(f => f.state_type !== 'PAUSED')", 120, what="the run to resume")
 
 
 ANSWERS = {
@@ -100,12 +119,15 @@ def test_person_approves_edits_or_refuses_the_suggested_scan(queue_services, ans
         assert form == {"approve": True, "move_x_px": -12.0, "move_y_px": 4.0, "row_start": 3,
                         "row_stop": 13, "angles": 90, "note": ""}
         assert _queue_items(state) == []  # nothing queued while the person decides
-        # the person's answer, as the UI's resume form sends it
+        # the person's answer: in the real UI, else as the UI's resume form sends it
         sent = ANSWERS[answer](form)
-        r = httpx.post(f"{api}/flow_runs/{paused['id']}/resume", json={"run_input": sent},
-                       timeout=30)
-        r.raise_for_status()
-        assert r.json()["status"] == "ACCEPT", r.json()
+        if answer == "approve" and chromium_path() is not None:
+            _approve_in_the_ui(api, paused["id"])
+        else:
+            r = httpx.post(f"{api}/flow_runs/{paused['id']}/resume", json={"run_input": sent},
+                           timeout=30)
+            r.raise_for_status()
+            assert r.json()["status"] == "ACCEPT", r.json()
         flow_thread.join(300)
         assert not flow_thread.is_alive(), "the flow did not finish after the resume"
         assert "error" not in outcome, outcome.get("error")
