@@ -10,8 +10,12 @@ ends once its live reconstruction has converged) and reports the fraction of the
 angles acquired and the correlation of the early-stopped volume with a full scan of the same
 sample (`tomopipe simulate --angle-order golden`, reconstructed by the same live flow).
 
-    TOMOPIPE_HOME=/tmp/h10-bench .venv/bin/tomopipe up --with-queue
-    TOMOPIPE_HOME=/tmp/h10-bench .venv/bin/python benchmarks/bench_steering.py [--skip-stop]
+    TOMOPIPE_HOME=/tmp/bench-steer .venv/bin/tomopipe up --with-queue
+    TOMOPIPE_HOME=/tmp/bench-steer .venv/bin/python benchmarks/bench_steering.py [--skip-stop]
+
+The live flow must stream the golden scan for the agent to see it converge: the home's live
+deployment keeps its default (the standing Dask cluster), and the scan must last longer than
+the live flow's start-up on a loaded machine (--angles 720 --fps 8: 90 s).
 """
 
 from __future__ import annotations
@@ -88,6 +92,7 @@ def bench_stop(angles: int, fps: float) -> dict:
     taken = early["stop"].get("num_events", {}).get("primary", 0)
     return {"early_uid": early_uid, "full_uid": full_uid, "angles_planned": angles,
             "angles_taken": taken, "fraction_acquired": round(taken / angles, 3),
+            "stop_reason": early["stop"].get("reason"),
             "correlation_with_full": round(_volume_corr(early_uid, full_uid), 4)}
 
 
@@ -95,14 +100,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--offset", default="15,-8")
     p.add_argument("--angles", type=int, default=720)
-    p.add_argument("--fps", type=float, default=30.0)
+    p.add_argument("--fps", type=float, default=8.0)
     p.add_argument("--skip-stop", action="store_true")
     args = p.parse_args()
-    out = {"date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count(),
-           "load_before": os.getloadavg()[0], "align": bench_align(args.offset)}
+    out = {"date": time.strftime("%Y-%m-%d %H:%M"), "cores": os.cpu_count(),
+           "load_before": os.getloadavg()}
+    out["align"] = bench_align(args.offset)
+    out["load_after_align"] = os.getloadavg()
     if not args.skip_stop:
         out["stop"] = bench_stop(args.angles, args.fps)
-    out["load_after"] = os.getloadavg()[0]
+        out["load_after_stop"] = os.getloadavg()
     print(json.dumps(out, indent=1))
 
 
