@@ -174,7 +174,10 @@ def _documents_from_nodes(run) -> list[tuple[str, dict]]:
         docs.append(("descriptor", descriptor))
         children = _children(stream)
         for key, node in _external_arrays(stream, children):
-            source = node.data_sources()[0]
+            sources = node.data_sources()
+            if not sources or not sources[0].assets:
+                continue  # registered but not yet described: the bridge is rewriting the run
+            source = sources[0]
             n = int(node.structure().shape[0])
             params = {k: v for k, v in dict(source.parameters).items() if k != "swmr"}
             sres_uid = f"{desc_uid}-{key}"

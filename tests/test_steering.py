@@ -21,6 +21,8 @@ import pytest
 from conftest import tomopipe_cli
 from test_flows_support import e2_services, wait_for  # noqa: F401  (fixture)
 
+from tomopipe.context import prefect_api_scope
+
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None,
                                 reason="redis-server is not installed (make redis)")
 
@@ -78,8 +80,10 @@ def test_bad_analysis_never_moves_a_motor(queue_services, bad, why):
                 "volume_rows": 16, "volume": "/nowhere.zarr", **bad}
     publish_documents(state["zmq_in"], analysis_documents(raw_uid, measured))
     before = _queue_items(state)
-    result = steer_align(raw_uid, {"angles": 90, "size": 64, "rows": 16}, home=str(home),
-                         timeout_s=120)
+    # the home's Prefect API, whatever server an earlier test left this process pointed at
+    with prefect_api_scope(state["prefect_api"]):
+        result = steer_align(raw_uid, {"angles": 90, "size": 64, "rows": 16}, home=str(home),
+                             timeout_s=120)
     decision = result["decision"]
     assert decision["action"] == "refuse" and why in decision["reason"]
     assert decision["moves"] == {} and result["queued"] == []
