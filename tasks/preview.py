@@ -13,7 +13,9 @@ import numpy as np
 from tomopipe.errors import InputError
 
 
-def _level(path: Path, max_px: int):
+def finest_level(path: str | Path, max_px: int):
+    """The finest pyramid level of an OME-Zarr volume no wider than ``max_px`` (the coarsest
+    when none is), as a Zarr array; InputError naming the path when it is not a volume."""
     import zarr
 
     try:
@@ -64,7 +66,7 @@ def write_preview(volume_path: str | Path, png_path: str | Path | None = None, *
 
     volume_path = Path(volume_path)
     png = Path(png_path) if png_path else volume_path.with_name(volume_path.name + ".preview.png")
-    image = preview_image(orthogonal_slices(_level(volume_path, max_px)))
+    image = preview_image(orthogonal_slices(finest_level(volume_path, max_px)))
     # small test volumes are enlarged so the preview is readable in the UI
     scale = max(1, min_px // max(1, image.shape[0]))
     pil = Image.fromarray(image)

@@ -86,61 +86,47 @@ def test_standing_slurm_cluster_scales_with_runs_and_gives_jobs_back(slurm, tmp_
     """What ``tomopipe up`` starts for kind slurm: the scheduler with no job while idle, worker
     jobs in squeue while a reconstruction runs, the warm jobs reused, none after the idle time."""
     home = _home(tmp_path)
-    sched, dash = free_port(), free_port()
-    log = open(tmp_path / "dask-service.log", "wb")
-    env = {**os.environ, "TOMOPIPE_HOME": str(home)}
-    proc = subprocess.Popen(dask_service.argv(home, sched, dash), stdout=log,
-                            stderr=subprocess.STDOUT, env=env)
     ours = lambda: [j for j in slurm.jobs() if j[1] == JOB_NAME]  # noqa: E731
     try:
-        _wait(lambda: dask_service.ready(home) or proc.poll() is not None, 120, "the service")
-        assert proc.poll() is None, (tmp_path / "dask-service.log").read_text()
-        state = dask_service.state_keys(load_settings(home), sched, dash)
-        assert dask_service.healthy(state)
-        from distributed import Client
-        from tomopipe.infra.cluster import worker_resources
+        with _standing_service(home, tmp_path / "dask-service.log") as state:
+            assert dask_service.healthy(state)
+            from distributed import Client
+            from tomopipe.infra.cluster import worker_resources
 
-        with Client(state["dask_scheduler"], set_as_default=False) as client:
-            # no worker yet: the planner sizes slabs from what the jobs will bring
-            assert worker_resources(client) == (2, 10**9)
-        time.sleep(2)
-        assert ours() == [], "jobs were submitted while nothing was asked of the cluster"
+            with Client(state["dask_scheduler"], set_as_default=False) as client:
+                # no worker yet: the planner sizes slabs from what the jobs will bring
+                assert worker_resources(client) == (2, 10**9)
+            time.sleep(2)
+            assert ours() == [], "jobs were submitted while nothing was asked of the cluster"
 
-        scan = _scan(tmp_path / "scan.h5")
-        seen: set[str] = set()
+            scan = _scan(tmp_path / "scan.h5")
+            seen: set[str] = set()
 
-        def recon(out: str) -> subprocess.CompletedProcess:
-            run = subprocess.Popen(
-                [str(Path(sys.executable).with_name("tomopipe")), "recon", str(scan), "--out",
-                 str(tmp_path / out), "--center", "32", "--scheduler",
-                 state["dask_scheduler"], "--json"],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            while run.poll() is None:
-                seen.update(j[0] for j in ours())
-                time.sleep(0.5)
-            out_, err = run.communicate()
-            assert run.returncode == 0, err[-2000:]
-            return out_
+            def recon(out: str) -> subprocess.CompletedProcess:
+                run = subprocess.Popen(
+                    [str(Path(sys.executable).with_name("tomopipe")), "recon", str(scan), "--out",
+                     str(tmp_path / out), "--center", "32", "--scheduler",
+                     state["dask_scheduler"], "--json"],
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                while run.poll() is None:
+                    seen.update(j[0] for j in ours())
+                    time.sleep(0.5)
+                out_, err = run.communicate()
+                assert run.returncode == 0, err[-2000:]
+                return out_
 
-        recon("a.zarr")
-        first = set(seen)
-        assert first, "no SLURM job was submitted for the run"
-        assert len(first) <= 2  # max_jobs
-        seen.clear()
-        recon("b.zarr")  # a second run of the burst, right after: the warm jobs serve it
-        assert seen & first, f"the second run of a burst got only new jobs {seen}"
-        assert len(first | seen) <= 2  # max_jobs over the burst
-        assert (tmp_path / "a.zarr").is_dir() and (tmp_path / "b.zarr").is_dir()
-        _wait(lambda: not ours(), IDLE_S + 90, "the idle jobs to be given back")
+            recon("a.zarr")
+            first = set(seen)
+            assert first, "no SLURM job was submitted for the run"
+            assert len(first) <= 2  # max_jobs
+            seen.clear()
+            recon("b.zarr")  # a second run of the burst, right after: the warm jobs serve it
+            assert seen & first, f"the second run of a burst got only new jobs {seen}"
+            assert len(first | seen) <= 2  # max_jobs over the burst
+            assert (tmp_path / "a.zarr").is_dir() and (tmp_path / "b.zarr").is_dir()
+            _wait(lambda: not ours(), IDLE_S + 90, "the idle jobs to be given back")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        for job_id, _, _ in ours():
+        for job_id, _, _ in ours():  # the test failed with jobs still queued
             subprocess.run(["scancel", job_id], env=slurm.env(), check=False)
 
 
