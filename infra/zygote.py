@@ -19,6 +19,7 @@ server's is refused, and the client then starts the engine itself.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib
 import json
 import os
@@ -35,8 +36,10 @@ import warnings
 from tomopipe.infra.zygote_client import ENGINE_MODULE, HEADER, REPLY, die_with_parent
 
 # What `python -m prefect.engine` imports before a run of ours turns RUNNING, then what our tasks
-# import lazily (measured by listing a child's new sys.modules at its exit). Not tiled.client:
-# it brings pyarrow, whose jemalloc starts a background thread at import.
+# import lazily (measured by listing a child's new sys.modules at its exit). The catalog's
+# client (tiled.client, and bluesky_tiled_plugins, loaded when it connects: 2-4 s here) brings
+# pyarrow, whose jemalloc would start a background thread at import: main() turns that thread
+# off (JEMALLOC_CONF_ENV) and serve() refuses to fork should one run anyway.
 PRELOAD = (
     "prefect", "prefect.engine", "prefect.flow_engine", "prefect.client.orchestration",
     "prefect.deployments.steps", "prefect.results", "prefect.task_engine",
@@ -49,7 +52,13 @@ PRELOAD = (
     "tomopipe.tasks.preprocess.zingers", "tomopipe.tasks.preview",
     "tomopipe.tasks.sources.bluesky_run", "tomopipe.tasks.staging.scan",
     "tomopipe.tasks.transfer.movers", "tomopipe.infra.cluster",
+    "tiled.client", "bluesky_tiled_plugins", "tomopipe.tasks.catalog",
+    "tomopipe.flows.stream", "tomopipe.tasks.stream_tasks", "tomopipe.tasks.recon.streaming",
+    "tomopipe.tasks.recon.incremental",
 )
+# pyarrow's bundled jemalloc reads its options from here (later options win)
+JEMALLOC_CONF_ENV = "JE_ARROW_MALLOC_CONF"
+NO_BACKGROUND_THREAD = "background_thread:false"
 MAX_REQUEST = 16 << 20
 ORPHAN_GRACE_S = 10.0  # SIGTERM, then SIGKILL, for a child whose client vanished
 
@@ -195,6 +204,10 @@ class Zygote:
         if threading.active_count() != 1:
             sys.exit(f"zygote: threads {threading.enumerate()} started while preloading; "
                      "forking would be unsafe")
+        if "jemalloc_bg_thd" in native_threads():
+            sys.exit("zygote: pyarrow's jemalloc started a background thread while preloading "
+                     f"({JEMALLOC_CONF_ENV}={os.environ.get(JEMALLOC_CONF_ENV)!r}); forking "
+                     "would be unsafe")
         wake_r, wake_w = socket.socketpair()
         for s in (wake_r, wake_w):
             s.setblocking(False)
@@ -284,9 +297,22 @@ class Zygote:
                 conn.close()
 
 
+def native_threads() -> list[str]:
+    """The names of this process's OS threads (Linux; [] elsewhere)."""
+    names = []
+    with contextlib.suppress(OSError):
+        for tid in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError), open(f"/proc/self/task/{tid}/comm") as f:
+                names.append(f.read().strip())
+    return names
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         sys.exit("usage: python -m tomopipe.infra.zygote SOCKET_PATH")
+    conf = os.environ.get(JEMALLOC_CONF_ENV)
+    os.environ[JEMALLOC_CONF_ENV] = f"{conf},{NO_BACKGROUND_THREAD}" if conf \
+        else NO_BACKGROUND_THREAD
     die_with_parent(signal.SIGTERM)  # the worker that started us died: so do we (also checked
     # every second in serve, for systems without PR_SET_PDEATHSIG)
     t0 = time.monotonic()

@@ -163,7 +163,17 @@ def run_documents(run) -> list[tuple[str, dict]]:
 _NO_EXPORT: set[str] = set()  # servers that answered the document export with an error
 
 
-def _documents_from_nodes(run) -> list[tuple[str, dict]]:
+@_vanished_as_key_error
+def run_layout(run) -> list[tuple[str, dict]]:
+    """The run's documents without its events: start, descriptors, the stream resources and
+    datums of every frame registered so far, and the stop when there is one. Where the frames
+    are, from one listing of the run and one per stream (no table reads): what a stream needs
+    to start, taking its angles from the run's plan (``scan_from_documents``'s
+    ``planned_angles_deg``)."""
+    return _documents_from_nodes(run, events=False)
+
+
+def _documents_from_nodes(run, *, events: bool = True) -> list[tuple[str, dict]]:
     start, stop = run_metadata(run)
     uid = start["uid"]
     docs: list[tuple[str, dict]] = [("start", start)]
@@ -190,7 +200,7 @@ def _documents_from_nodes(run) -> list[tuple[str, dict]]:
                     "uid": f"{sres_uid}/0", "stream_resource": sres_uid, "descriptor": desc_uid,
                     "indices": {"start": 0, "stop": n}, "seq_nums": {"start": 1, "stop": n + 1},
                 }))
-        if "internal" in children:
+        if events and "internal" in children:
             docs.extend(("event", ev) for ev in _events(children["internal"].read(), desc_uid))
     if stop:
         docs.append(("stop", stop))

@@ -28,7 +28,7 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 from tomopipe.tasks import run_progress
-from tomopipe.tasks.catalog import catalog_for, frames_landed, run_documents, run_metadata
+from tomopipe.tasks.catalog import catalog_for, run_documents, run_layout, run_metadata
 from tomopipe.tasks.recon.params import ReconParams
 from tomopipe.tasks.run_tasks import RunFailed, ensure_succeeded
 
@@ -60,7 +60,12 @@ def _artifact_key(uid: str) -> str:
 
 def _wait_for_projections(catalog, uid, ctx, poll_s, idle_timeout_s):
     """(start document, None, partial ScanSpec) once the run's first projection is recorded;
-    (start, stop document, None) when the run stops first."""
+    (start, stop document, None) when the run stops first.
+
+    The spec comes from the run's layout (``catalog.run_layout``: where the frames are, no
+    events) with the angles the run planned, a few catalog requests a look; a run that plans
+    no angles is read whole (its events give the angles it recorded so far)."""
+    from tomopipe.tasks.sources.angle_plan import planned_angles_deg
     from tomopipe.tasks.sources.bluesky_run import scan_from_documents
 
     deadline = time.monotonic() + idle_timeout_s
@@ -73,21 +78,27 @@ def _wait_for_projections(catalog, uid, ctx, poll_s, idle_timeout_s):
         start, stop = run_metadata(run)
         if stop:
             return start, stop, None
-        tomo = start.get("tomo") if isinstance(start.get("tomo"), dict) else {}
-        fields = sum(int(tomo.get(k) or 0) for k in ("n_flats", "n_darks"))
-        spec = None
+        planned = planned_angles_deg(start.get("tomo"))
         try:
-            if frames_landed(run) > fields:  # cheap: only then read the documents
-                spec = scan_from_documents(run_documents(run), ctx.data_roots,
-                                           tomo_plans=ctx.tomo_plans)
+            docs = run_layout(run) if planned is not None else run_documents(run)
+            spec = scan_from_documents(docs, ctx.data_roots, tomo_plans=ctx.tomo_plans,
+                                       planned_angles_deg=planned)
         except InputError:
-            spec = None  # not yet every stream: look again
+            spec = None  # not yet every stream, or no projection yet: look again
         except KeyError:  # a stream vanished: the bridge is rebuilding the run after a restart
             spec = None
         if spec is not None and spec.n_angles > 0:
             return start, None, spec
         time.sleep(poll_s)
     raise RunFailed(f"run {uid}: no projection within {idle_timeout_s:.0f} s")
+
+
+def _recorded_angles(catalog, uid: str, ctx: RunContext):
+    """The projection angles the stopped run's events recorded (degrees, acquisition order)."""
+    from tomopipe.tasks.sources.bluesky_run import scan_from_documents
+
+    return scan_from_documents(run_documents(catalog[uid]), ctx.data_roots,
+                               tomo_plans=ctx.tomo_plans).angles_deg
 
 
 @task(name="stream-run", cache_policy=NO_CACHE)
@@ -168,7 +179,12 @@ def stream_run(uid: str, ctx: RunContext, params: ReconParams, out: str, *,
                            idle_timeout_s)
             ensure_succeeded(uid, stop)
             # the camera has closed its file before the stop: every frame is on disk
-            result = run.finish(streaming.frames_on_disk(spec.projections[0]))
+            n_frames = streaming.frames_on_disk(spec.projections[0])
+            run.stop(n_frames)  # the blocks add the last frames while the events are read
+            result = run.finish(n_frames, recorded_deg=_recorded_angles(catalog, uid, ctx))
+        except streaming.AnglesDiffer as exc:  # the blocks are stopped, the partial removed
+            log.warning("run %s is reconstructed at the stop: %s", uid, exc)
+            return {"streamed": False, "reason": str(exc), "stop": stop}
         except BaseException as exc:
             run.abort(str(exc) or type(exc).__name__)
             raise

@@ -30,6 +30,8 @@ from tomopipe.deployments.bridge import Bridge
 from tomopipe.deployments.events import START, STOP, event_id, run_resource
 from tomopipe.deployments.ledger import Journal, Ledger
 
+from tomopipe.errors import InputError
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -385,6 +387,36 @@ def test_run_written_when_a_killed_catalog_server_comes_back(tmp_path):
         processes.stop_group(proc.pid)
 
 
+def _layout_matches_the_documents(run, home, docs):
+    """A running scan's layout (no events: what a stream starts from) with the run's planned
+    angles gives the frames and angles the whole run's documents give for the frames landed;
+    without the plan it says what is missing. (The full documents read now may not do: a
+    frame can be registered before its event.)"""
+    from tomopipe.tasks.catalog import run_layout, run_metadata
+    from tomopipe.tasks.sources.angle_plan import planned_angles_deg
+    from tomopipe.tasks.sources.bluesky_run import scan_from_documents
+
+    from tomopipe.config import load_settings
+
+    roots = load_settings(home).data_roots
+    layout = run_layout(run)
+    assert "event" not in {name for name, _ in layout}
+    whole = scan_from_documents(docs, roots)
+    planned = planned_angles_deg(run_metadata(run)[0]["tomo"])
+    fast = scan_from_documents(layout, roots, planned_angles_deg=planned)
+    n = fast.n_angles
+    assert 0 < n < whole.n_angles
+    (proj,), (whole_proj,) = fast.projections, whole.projections
+    assert (proj.path, proj.dataset) == (whole_proj.path, whole_proj.dataset)
+    assert tuple(proj.indices) == tuple(whole_proj.indices)[:n]
+    assert (fast.flats, fast.darks) == (whole.flats, whole.darks)  # taken before
+    assert fast.angles_deg == pytest.approx(whole.angles_deg[:n])
+    with pytest.raises(InputError, match="angles count != frames"):
+        scan_from_documents(layout, roots)
+    with pytest.raises(InputError, match="angles planned"):
+        scan_from_documents(layout, roots, planned_angles_deg=planned[:2])
+
+
 def test_frames_reach_the_catalog_when_the_bridge_is_idle(tmp_path):
     """Adaptive batching on a real Tiled server: frames collect while documents wait and go to
     the catalog when the bridge has none waiting (flush), so a run's catalog entry follows its
@@ -423,6 +455,7 @@ def test_frames_reach_the_catalog_when_the_bridge_is_idle(tmp_path):
         assert run_metadata(run)[1] is None  # before the stop
         events = sum(1 for n, d in docs[:cut] if n == "event" and d["descriptor"] == primary)
         assert len(run["primary"].base["internal"].read()) == events
+        _layout_matches_the_documents(run, home, docs)
         for name, doc in docs[cut:]:
             bridge.handle(name, doc)
         run = connect_catalog(f"http://127.0.0.1:{port}", key)[uid]

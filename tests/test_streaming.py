@@ -19,9 +19,11 @@ from tomopipe.tasks.recon.engine import reconstruct
 from tomopipe.tasks.recon.incremental import correlation
 from tomopipe.tasks.recon.params import ReconParams
 from tomopipe.tasks.recon.streaming import (
+    AnglesDiffer,
     StreamRun,
     cluster_refusal,
     early_center,
+    frames_to_cover,
     plan_stream,
     stream_refusal,
 )
@@ -242,6 +244,38 @@ def test_early_center_waits_for_the_half_turn(tmp_path):
     first = next(k for k in range(16, 721) if covers_half_turn(golden[:k]))
     assert first < 200  # a golden-ratio scan covers 180 degrees early
     assert not covers_half_turn(sequential[:700]) and covers_half_turn(sequential)
+    assert frames_to_cover(golden) == first  # the bisection finds the fewest
+    assert frames_to_cover(golden[:first - 1]) is None
+    assert frames_to_cover(sequential) == next(k for k in range(700, 721)
+                                               if covers_half_turn(sequential[:k]))
+
+
+def test_a_stream_whose_recorded_angles_differ_is_discarded(tmp_path, dask_client):
+    """The stream weights frames by the run's planned angles; the angles its events recorded
+    are checked at the stop, and a stream that used other angles publishes nothing (the live
+    flow then reconstructs the run from the recorded angles)."""
+    size, rows = 32, 4
+    settings = load_settings(tmp_path / "home")
+    docs = Docs()
+    thread, errors = start_scan(settings, docs, size=size, rows=rows, angles=120, fps=60,
+                                angle_order="golden")
+    spec, start = wait_for_spec(docs, settings)
+    planned = planned_angles_deg(start["tomo"])
+    params = ReconParams(center=size / 2)
+    out = tmp_path / "run" / "vol.zarr"
+    run = StreamRun.begin(dask_client, spec, params, out, planned_deg=planned,
+                          center=early_center(spec, params, planned, 1),
+                          stream_plan=plan_stream(rows, size, n_workers=2,
+                                                  memory_budget=2**30))
+    thread.join()
+    assert not errors
+    recorded = scan_from_documents(docs.items, settings.data_roots).angles_deg
+    assert recorded == pytest.approx(planned)
+    off = np.asarray(recorded) + np.where(np.arange(len(recorded)) == 7, 0.5, 0.0)
+    with pytest.raises(AnglesDiffer, match="up to 0.5 degrees apart"):
+        run.finish(len(recorded), recorded_deg=off)
+    assert not out.exists() and not run.pub.partial.exists() and not run.live.exists()
+    assert dask_client.submit(sum, [1, 2], pure=False).result(timeout=30) == 3
 
 
 def test_an_abandoned_stream_leaves_no_volume_and_frees_its_workers(tmp_path, dask_client):

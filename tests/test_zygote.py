@@ -25,6 +25,7 @@ PROBE = '''
 import os, signal, sys, time
 print("STARTED", repr(time.time()), flush=True)
 print("PRELOADED", "prefect" in sys.modules and "numpy" in sys.modules)
+print("CATALOG_CLIENT", "bluesky_tiled_plugins" in sys.modules)
 print("PID", os.getpid(), "PPID", os.getppid())
 mode = os.environ.get("PROBE_MODE", "report")
 if mode == "report":
@@ -39,6 +40,20 @@ if mode == "settings":
     from prefect.settings import get_current_settings
     print("API", get_current_settings().api.url)
     print("LEVEL", logging.getLogger("prefect").getEffectiveLevel())
+if mode == "arrow":  # pyarrow's allocator in a forked child, threads of its own
+    import threading
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    totals = []
+    def work():
+        table = pa.table({"x": pa.array(range(200_000))})
+        totals.append(pc.sum(table["x"]).as_py())
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print("ARROW", totals == [sum(range(200_000))] * 4, pa.default_memory_pool().backend_name)
 if mode == "wait":
     def on_term(signum, frame):
         print("TERM", flush=True)
@@ -146,6 +161,23 @@ def gone(pid: int, timeout: float) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def test_the_catalog_client_is_preloaded_without_a_jemalloc_thread(zygote, probe_dir,
+                                                                   tmp_path):
+    """The catalog's client (tiled, bluesky_tiled_plugins: seconds to import) is preloaded; the
+    pyarrow it brings starts no allocator thread in the fork server, and a forked child
+    allocates with pyarrow from several threads."""
+    proc, sock = zygote
+    threads = [(Path(f"/proc/{proc.pid}/task") / t / "comm").read_text().strip()
+               for t in os.listdir(f"/proc/{proc.pid}/task")]
+    assert "jemalloc_bg_thd" not in threads, threads
+    c = client(probe_dir, sock, tmp_path, PROBE_MODE="arrow")
+    out, err = c.communicate(timeout=120)
+    assert c.returncode == 0, err
+    got = fields(out)
+    assert got["CATALOG_CLIENT"] == "True"
+    assert got["ARROW"].startswith("True"), got["ARROW"]
 
 
 def test_sigterm_to_the_client_reaches_the_child(zygote, probe_dir, tmp_path):

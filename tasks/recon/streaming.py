@@ -40,6 +40,14 @@ from tomopipe.errors import PlanError, TomopipeError
 UM_PER_CM = 1e4
 DEFAULT_MAX_BATCH = 64  # frames per accumulation step: what the memory plan sizes
 ANGLE_TOLERANCE_DEG = 0.01  # planned against recorded angles, checked at the stop
+# the early centre reads this many times the fewest frames that cover the half-turn: more
+# angles than the bare cover for the centre's search, a fraction of a scan's read
+CENTER_COVER_FACTOR = 2
+
+
+class AnglesDiffer(TomopipeError):
+    """The angles the run recorded are not the ones it planned: the streamed volume is
+    discarded (the run is reconstructed from the recorded angles instead)."""
 
 
 @dataclass(frozen=True)
@@ -304,6 +312,7 @@ class StreamRun:
     last_xy: np.ndarray | None = None
     started: float = field(default_factory=time.time)
     history: list = field(default_factory=list)
+    stopped_at: float | None = None  # perf_counter of the stop request
 
     @classmethod
     def begin(cls, client, spec: ScanSpec, params: ReconParams, out: str | Path, *,
@@ -343,7 +352,8 @@ class StreamRun:
                                  "streamed": True})
         live = live_views.live_path(out)
         positions = live_views.view_positions(shape, positions)
-        live_views.create_live_group(live, shape, positions, pixel_size_um=px, run=spec.label)
+        live_views.create_live_group(live, shape, positions, pixel_size_um=px, run=spec.label,
+                                     block_rows=chunk_plan.slab_rows)
         run = cls(spec, params, out, key, live, positions, stream_plan, center, pub, planned)
         workers = sorted(client.scheduler_info().get("workers", {}))
         for i, (a, b) in enumerate(stream_plan.blocks):
@@ -381,21 +391,31 @@ class StreamRun:
         self.history.append([summary["updated"], summary["frames_in"], summary["lag"]])
         return live_views.update_live_attrs(self.live, summary, per_view)
 
+    def stop(self, n_frames: int) -> None:
+        """The scan stopped with ``n_frames`` projections: the blocks add the last ones and
+        write (``finish`` waits for them)."""
+        if self.stopped_at is None:
+            self.stopped_at = time.perf_counter()
+            live_views.request_stop(self.live, int(n_frames))
+
     def finish(self, n_frames: int, recorded_deg=None, timeout_s: float = 600.0) -> dict:
-        """The scan stopped with ``n_frames`` projections: let the blocks add the last ones and
-        write, then publish. ``recorded_deg``: the angles the run's events recorded, checked
-        against the planned ones (a mismatch discards the streamed volume: TomopipeError)."""
-        t0 = time.perf_counter()
+        """Wait for the blocks to add the last frames and write (``stop`` tells them, if not
+        yet told), then publish. ``recorded_deg``: the angles the run's events recorded,
+        checked against the planned ones (a mismatch discards the streamed volume:
+        AnglesDiffer)."""
+        self.stop(n_frames)
+        t0 = self.stopped_at
         planned = np.asarray(self.planned, dtype=np.float64)
         if recorded_deg is not None:
             rec = np.asarray(recorded_deg, dtype=np.float64)
             n = min(rec.size, planned.size)
-            if rec.size > planned.size or np.max(np.abs(rec[:n] - planned[:n]),
-                                                 initial=0) > ANGLE_TOLERANCE_DEG:
+            worst = float(np.max(np.abs(rec[:n] - planned[:n]), initial=0))
+            if rec.size > planned.size or worst > ANGLE_TOLERANCE_DEG:
                 self.abort("recorded angles differ from the planned ones")
-                raise TomopipeError(f"{self.spec.label}: the recorded angles differ from the "
-                                    f"planned ones by more than {ANGLE_TOLERANCE_DEG} degrees")
-        live_views.request_stop(self.live, int(n_frames))
+                raise AnglesDiffer(
+                    f"{self.spec.label}: the recorded angles differ from the planned ones "
+                    f"({rec.size} recorded, {planned.size} planned, up to {worst:.3g} degrees "
+                    f"apart; tolerance {ANGLE_TOLERANCE_DEG})")
         deadline = time.monotonic() + timeout_s
         results = [f.result(timeout=max(0.0, deadline - time.monotonic())) for f in self.futures]
         missing = [s for s in self.blocks if not publish.slab_done(self.pub.partial, s)]
@@ -458,18 +478,40 @@ def covers_half_turn(angles_deg, max_gap_deg: float = 2.0) -> bool:
     return float(np.diff(np.concatenate([s, [s[0] + 180.0]])).max()) <= max_gap_deg
 
 
+def frames_to_cover(angles_deg) -> int | None:
+    """The fewest first angles that cover the half-turn (``covers_half_turn``), or None.
+    Covering only grows with more angles, so a bisection finds it."""
+    n = len(angles_deg)
+    if not covers_half_turn(angles_deg[:n]):
+        return None
+    lo, hi = 1, n  # covers_half_turn(angles[:hi]) holds
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if covers_half_turn(angles_deg[:mid]):
+            hi = mid
+        else:
+            lo = mid + 1
+    return hi
+
+
 def early_center(spec: ScanSpec, params: ReconParams, planned_deg, n_landed: int, *,
                  require_cover: bool = True) -> dict | None:
-    """The centre from the first ``n_landed`` frames once they cover the half-turn
-    (``covers_half_turn``), else None. A given centre is used as is."""
+    """The centre from the first frames once they cover the half-turn, else None: from
+    ``CENTER_COVER_FACTOR`` times the fewest frames that cover it (``frames_to_cover``), or
+    all ``n_landed`` when fewer. A given centre is used as is."""
     from tomopipe.tasks.recon import engine
 
     rows = engine.resolve_rows(spec, params)
     if params.center != "auto":
         return engine.find_center(spec, params, rows)
     n_landed = min(int(n_landed), len(planned_deg))
-    if n_landed < 1 or (require_cover and not covers_half_turn(planned_deg[:n_landed])):
+    if n_landed < 1:
         return None
+    if require_cover:
+        n_cover = frames_to_cover(planned_deg[:n_landed])
+        if n_cover is None:
+            return None
+        n_landed = min(n_landed, CENTER_COVER_FACTOR * n_cover)
     fs = spec.projections[0]
     partial = dataclasses.replace(spec, projections=(FrameSet(fs.path, fs.dataset,
                                                               tuple(range(n_landed))),),

@@ -410,11 +410,16 @@ def _angle_factor(run: _Run, tomo: Mapping, key_info: Mapping) -> float:
 
 
 def _angles_for(run: _Run, stream: str, desc_uids: set[str], key: str, factor: float,
-                frames: list[_Frame]) -> tuple[float, ...]:
+                frames: list[_Frame], planned_deg=None) -> tuple[float, ...]:
     by_seq: dict[int, float] = {}
     ordered: list[float] = []
     events = sorted((e for u in desc_uids for e in run.events.get(u, [])),
                     key=lambda e: e.get("seq_num", 0))
+    if not events and planned_deg is not None:  # the run's layout, read before its events
+        if len(frames) > len(planned_deg):
+            raise run.fault(f"{len(frames)} frames but {len(planned_deg)} angles planned",
+                            f"stream {stream!r}")
+        return tuple(float(a) for a in planned_deg[:len(frames)])
     for event in events:
         data = event.get("data")
         where = f"event {event.get('uid', '?')} ({stream!r} seq_num {event.get('seq_num')})"
@@ -516,11 +521,15 @@ def _image_shape(run: _Run, info: Mapping, frames: list[_Frame], stream: str):
 
 
 def scan_from_documents(docs: Iterable, data_roots: Iterable[str | Path], *,
-                        tomo_plans: Iterable[str] = DEFAULT_TOMO_PLANS) -> ScanSpec:
+                        tomo_plans: Iterable[str] = DEFAULT_TOMO_PLANS,
+                        planned_angles_deg=None) -> ScanSpec:
     """The ScanSpec of one tomography run from its documents ((name, doc) pairs).
 
     ``label`` and ``identity`` are the run uid; ``angles_deg`` has one angle per projection
     frame; each FrameSet holds consecutive frames of one StreamResource (or Resource).
+    ``planned_angles_deg``: the angles the run declared before the scan (acquisition order),
+    taken for the projections when the documents carry no events (a running scan's layout,
+    ``catalog.run_layout``); recorded angles always win.
     """
     data_roots, tomo_plans = list(data_roots), tuple(tomo_plans)
     run = _collect(docs)
@@ -562,7 +571,8 @@ def scan_from_documents(docs: Iterable, data_roots: Iterable[str | Path], *,
             image_info = dict(data_keys[image_key])
             angle_key = _rotation_key(run, tomo, data_keys, image_key)
             factor = _angle_factor(run, tomo, data_keys[angle_key])
-            angles = _angles_for(run, stream, desc_uids, angle_key, factor, frames)
+            angles = _angles_for(run, stream, desc_uids, angle_key, factor, frames,
+                                  planned_angles_deg)
         parts[role] = frames
 
     rows, cols, dtype = _image_shape(run, image_info, parts["projections"], proj_stream)
