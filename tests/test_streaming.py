@@ -250,6 +250,27 @@ def test_early_center_waits_for_the_half_turn(tmp_path):
                                                if covers_half_turn(sequential[:k]))
 
 
+def test_early_center_waits_until_an_estimator_can_use_the_frames(tmp_path):
+    """A sequential scan one frame short of its end covers 180 degrees with 1-degree gaps,
+    but holds no pair of frames 180 degrees apart: no estimator can use it yet, so the early
+    centre waits (it used to stream with the default centre, confidence 0)."""
+    from tomopipe.tasks.recon.streaming import covers_half_turn
+
+    settings = load_settings(tmp_path / "home")
+    docs = Docs()
+    simulate(settings, size=64, rows=8, angles=360, fps=None, sample="centre",
+             callbacks=[docs], seed=3)
+    spec = scan_from_documents(docs.items, settings.data_roots)
+    planned = planned_angles_deg(docs.items[0][1]["tomo"])
+    params = ReconParams(center="auto")
+    assert covers_half_turn(planned[:359])
+    assert early_center(spec, params, planned, 359) is None
+    late = early_center(spec, params, planned, 359, require_cover=False)  # the run stopped
+    assert late["confidence"] == 0 and late["method"].startswith("default")
+    found = early_center(spec, params, planned, 360)
+    assert found["confidence"] > 0.5 and abs(found["value"] - 32) < 1.5, found
+
+
 def test_a_stream_whose_recorded_angles_differ_is_discarded(tmp_path, dask_client):
     """The stream weights frames by the run's planned angles; the angles its events recorded
     are checked at the stop, and a stream that used other angles publishes nothing (the live

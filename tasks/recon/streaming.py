@@ -498,7 +498,9 @@ def early_center(spec: ScanSpec, params: ReconParams, planned_deg, n_landed: int
                  require_cover: bool = True) -> dict | None:
     """The centre from the first frames once they cover the half-turn, else None: from
     ``CENTER_COVER_FACTOR`` times the fewest frames that cover it (``frames_to_cover``), or
-    all ``n_landed`` when fewer. A given centre is used as is."""
+    all ``n_landed`` when fewer; None too while no estimator can use them (a sequential scan
+    one frame short of its end: no pair of frames 180 degrees apart, centre "default"). A
+    given centre is used as is."""
     from tomopipe.tasks.recon import engine
 
     rows = engine.resolve_rows(spec, params)
@@ -517,5 +519,7 @@ def early_center(spec: ScanSpec, params: ReconParams, planned_deg, n_landed: int
                                                               tuple(range(n_landed))),),
                                   angles_deg=tuple(float(a) for a in planned_deg[:n_landed]))
     found = engine.find_center(partial, params, rows)
+    if require_cover and not found.get("confidence") and n_landed < len(planned_deg):
+        return None  # covered with gaps no estimator can use yet (no pair 180 degrees apart)
     found["method"] = f"{found['method']} (first {n_landed} frames)"
     return found
