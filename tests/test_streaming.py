@@ -271,27 +271,34 @@ def test_early_center_waits_until_an_estimator_can_use_the_frames(tmp_path):
     assert found["confidence"] > 0.5 and abs(found["value"] - 32) < 1.5, found
 
 
+def small_stream(tmp_path, dask_client, *, angles, fps, angle_order, size=32, rows=4):
+    """A simulated scan of ``size`` x ``rows`` running, and its stream begun on the cluster:
+    (settings, documents, scan thread, scan errors, StreamRun)."""
+    settings = load_settings(tmp_path / "home")
+    docs = Docs()
+    thread, errors = start_scan(settings, docs, size=size, rows=rows, angles=angles, fps=fps,
+                                angle_order=angle_order)
+    spec, start = wait_for_spec(docs, settings)
+    planned = planned_angles_deg(start["tomo"])
+    params = ReconParams(center=size / 2)
+    run = StreamRun.begin(dask_client, spec, params, tmp_path / "run" / "vol.zarr",
+                          planned_deg=planned, center=early_center(spec, params, planned, 1),
+                          stream_plan=plan_stream(rows, size, n_workers=2,
+                                                  memory_budget=2**30))
+    return settings, docs, thread, errors, run
+
+
 def test_a_stream_whose_recorded_angles_differ_is_discarded(tmp_path, dask_client):
     """The stream weights frames by the run's planned angles; the angles its events recorded
     are checked at the stop, and a stream that used other angles publishes nothing (the live
     flow then reconstructs the run from the recorded angles)."""
-    size, rows = 32, 4
-    settings = load_settings(tmp_path / "home")
-    docs = Docs()
-    thread, errors = start_scan(settings, docs, size=size, rows=rows, angles=120, fps=60,
-                                angle_order="golden")
-    spec, start = wait_for_spec(docs, settings)
-    planned = planned_angles_deg(start["tomo"])
-    params = ReconParams(center=size / 2)
-    out = tmp_path / "run" / "vol.zarr"
-    run = StreamRun.begin(dask_client, spec, params, out, planned_deg=planned,
-                          center=early_center(spec, params, planned, 1),
-                          stream_plan=plan_stream(rows, size, n_workers=2,
-                                                  memory_budget=2**30))
+    settings, docs, thread, errors, run = small_stream(tmp_path, dask_client, angles=120,
+                                                       fps=60, angle_order="golden")
+    out = run.out
     thread.join()
     assert not errors
     recorded = scan_from_documents(docs.items, settings.data_roots).angles_deg
-    assert recorded == pytest.approx(planned)
+    assert recorded == pytest.approx(run.planned)
     off = np.asarray(recorded) + np.where(np.arange(len(recorded)) == 7, 0.5, 0.0)
     with pytest.raises(AnglesDiffer, match="up to 0.5 degrees apart"):
         run.finish(len(recorded), recorded_deg=off)
@@ -300,19 +307,9 @@ def test_a_stream_whose_recorded_angles_differ_is_discarded(tmp_path, dask_clien
 
 
 def test_an_abandoned_stream_leaves_no_volume_and_frees_its_workers(tmp_path, dask_client):
-    size, rows = 32, 4
-    settings = load_settings(tmp_path / "home")
-    docs = Docs()
-    thread, errors = start_scan(settings, docs, size=size, rows=rows, angles=200, fps=40,
-                                angle_order="interlaced")
-    spec, start = wait_for_spec(docs, settings)
-    planned = planned_angles_deg(start["tomo"])
-    params = ReconParams(center=size / 2)
-    out = tmp_path / "run" / "vol.zarr"
-    run = StreamRun.begin(dask_client, spec, params, out, planned_deg=planned,
-                          center=early_center(spec, params, planned, 1),
-                          stream_plan=plan_stream(rows, size, n_workers=2,
-                                                  memory_budget=2**30))
+    _, _, thread, errors, run = small_stream(tmp_path, dask_client, angles=200, fps=40,
+                                             angle_order="interlaced")
+    out = run.out
     deadline = time.monotonic() + 120
     while run.poll()["frames_in"] == 0 and time.monotonic() < deadline:
         time.sleep(0.1)
