@@ -93,12 +93,25 @@ def _wait_for_projections(catalog, uid, ctx, poll_s, idle_timeout_s):
     raise RunFailed(f"run {uid}: no projection within {idle_timeout_s:.0f} s")
 
 
-def _recorded_angles(catalog, uid: str, ctx: RunContext):
-    """The projection angles the stopped run's events recorded (degrees, acquisition order)."""
+def _recorded_angles(catalog, uid: str, ctx: RunContext, poll_s: float, timeout_s: float):
+    """The projection angles the stopped run's events recorded (degrees, acquisition order);
+    waits while the run is missing from the catalog or lacks its stop again (the bridge
+    rewriting it after a restart)."""
     from tomopipe.tasks.sources.bluesky_run import scan_from_documents
 
-    return scan_from_documents(run_documents(catalog[uid]), ctx.data_roots,
-                               tomo_plans=ctx.tomo_plans).angles_deg
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            docs = run_documents(catalog[uid])
+            if any(name == "stop" for name, _ in docs):
+                break
+        except KeyError:
+            pass
+        if time.monotonic() > deadline:
+            raise RunFailed(f"run {uid}: not whole in the catalog after its stop (waited "
+                            f"{timeout_s:.0f} s to read its recorded angles)")
+        time.sleep(poll_s)
+    return scan_from_documents(docs, ctx.data_roots, tomo_plans=ctx.tomo_plans).angles_deg
 
 
 @task(name="stream-run", cache_policy=NO_CACHE)
@@ -181,7 +194,8 @@ def stream_run(uid: str, ctx: RunContext, params: ReconParams, out: str, *,
             # the camera has closed its file before the stop: every frame is on disk
             n_frames = streaming.frames_on_disk(spec.projections[0])
             run.stop(n_frames)  # the blocks add the last frames while the events are read
-            result = run.finish(n_frames, recorded_deg=_recorded_angles(catalog, uid, ctx))
+            recorded = _recorded_angles(catalog, uid, ctx, poll_s, idle_timeout_s)
+            result = run.finish(n_frames, recorded_deg=recorded)
         except streaming.AnglesDiffer as exc:  # the blocks are stopped, the partial removed
             log.warning("run %s is reconstructed at the stop: %s", uid, exc)
             return {"streamed": False, "reason": str(exc), "stop": stop}

@@ -417,6 +417,31 @@ def _layout_matches_the_documents(run, home, docs):
         scan_from_documents(layout, roots, planned_angles_deg=planned[:2])
 
 
+def _recorded_angles_outlast_a_rebuild(writer, catalog, uid, docs, home):
+    """A streamed run's recorded angles are read at its stop. Should the bridge rewrite the run
+    then (after a restart: the node is deleted and written again document by document), the
+    read waits for the whole run instead of failing on a missing or partial one."""
+    import threading
+
+    from tomopipe.tasks.sources.angle_plan import planned_angles_deg
+    from tomopipe.tasks.stream_tasks import _recorded_angles
+
+    from tomopipe.context import run_context
+
+    def rebuild_later():
+        time.sleep(0.5)  # the first reads find no run, the next ones a partial run
+        writer.rebuild(uid, docs)
+
+    catalog[uid].delete(recursive=True, external_only=False)
+    rebuilt = threading.Thread(target=rebuild_later)
+    rebuilt.start()
+    try:
+        angles = _recorded_angles(catalog, uid, run_context(home), poll_s=0.02, timeout_s=120)
+    finally:
+        rebuilt.join()
+    assert angles == pytest.approx(planned_angles_deg(docs[0][1]["tomo"]))
+
+
 def test_frames_reach_the_catalog_when_the_bridge_is_idle(tmp_path):
     """Adaptive batching on a real Tiled server: frames collect while documents wait and go to
     the catalog when the bridge has none waiting (flush), so a run's catalog entry follows its
@@ -463,5 +488,6 @@ def test_frames_reach_the_catalog_when_the_bridge_is_idle(tmp_path):
         assert frames_landed(run) == sum(int(d["indices"]["stop"]) - int(d["indices"]["start"])
                                          for n, d in docs if n == "stream_datum")
         assert bridge.skipped == 0
+        _recorded_angles_outlast_a_rebuild(writer, catalog, uid, docs, home)
     finally:
         processes.stop_group(proc.pid)
