@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import time
 
 from prefect import get_run_logger, task
@@ -36,6 +37,10 @@ from tomopipe.context import RunContext
 from tomopipe.errors import InputError, PlanError
 
 MIN_PNG_PX = 256
+# the layout of a run waiting for its first projection is read at most this often: each look
+# is 4-5 catalog requests (tens of ms of the catalog's CPU each), and the bridge sends frames
+# to the catalog once a second (deployments/bridge.py FLUSH_EVERY_S)
+LAYOUT_EVERY_S = 0.5
 
 
 def live_png_data_url(views: dict) -> str:
@@ -63,12 +68,14 @@ def _wait_for_projections(catalog, uid, ctx, poll_s, idle_timeout_s):
     (start, stop document, None) when the run stops first.
 
     The spec comes from the run's layout (``catalog.run_layout``: where the frames are, no
-    events) with the angles the run planned, a few catalog requests a look; a run that plans
-    no angles is read whole (its events give the angles it recorded so far)."""
+    events) with the angles the run planned, a few catalog requests a look, at most every
+    ``LAYOUT_EVERY_S`` (the stop is looked for every ``poll_s``); a run that plans no angles is
+    read whole (its events give the angles it recorded so far)."""
     from tomopipe.tasks.sources.angle_plan import planned_angles_deg
     from tomopipe.tasks.sources.bluesky_run import scan_from_documents
 
     deadline = time.monotonic() + idle_timeout_s
+    looked = -math.inf  # when the layout was last read
     while time.monotonic() < deadline:
         try:
             run = catalog[uid]
@@ -78,6 +85,10 @@ def _wait_for_projections(catalog, uid, ctx, poll_s, idle_timeout_s):
         start, stop = run_metadata(run)
         if stop:
             return start, stop, None
+        if time.monotonic() - looked < LAYOUT_EVERY_S:
+            time.sleep(poll_s)
+            continue
+        looked = time.monotonic()
         planned = planned_angles_deg(start.get("tomo"))
         try:
             docs = run_layout(run) if planned is not None else run_documents(run)
@@ -91,6 +102,15 @@ def _wait_for_projections(catalog, uid, ctx, poll_s, idle_timeout_s):
             return start, None, spec
         time.sleep(poll_s)
     raise RunFailed(f"run {uid}: no projection within {idle_timeout_s:.0f} s")
+
+
+def _stopped(catalog, uid: str) -> dict | None:
+    """The run's stop document, or None while it runs (or is being rewritten by the bridge
+    after a restart)."""
+    try:
+        return run_metadata(catalog[uid])[1]
+    except KeyError:
+        return None
 
 
 def _recorded_angles(catalog, uid: str, ctx: RunContext, poll_s: float, timeout_s: float):
@@ -165,13 +185,18 @@ def stream_run(uid: str, ctx: RunContext, params: ReconParams, out: str, *,
 
         artifact = create_progress_artifact(0.0, key=None,
                                             description=f"live reconstruction of run {uid}")
-        center = None
+        center, last_landed, last_change = None, -1, time.monotonic()
         while center is None:  # the first frames that cover the half-turn
             landed = streaming.frames_on_disk(spec.projections[0])
             center = streaming.early_center(spec, params, planned, landed)
             if center is None:
-                if run_metadata(catalog[uid])[1]:
+                if _stopped(catalog, uid):
                     break  # stopped before covering the half-turn: centre from all of it
+                if landed != last_landed:
+                    last_landed, last_change = landed, time.monotonic()
+                elif time.monotonic() - last_change > idle_timeout_s:
+                    raise RunFailed(f"run {uid}: nothing new for {idle_timeout_s:.0f} s and no "
+                                    f"stop document ({landed} frames landed)")
                 update_progress_artifact(artifact, 0.0, description=(
                     f"{landed} frames landed; waiting for them to cover 180 degrees to find "
                     "the centre"))
@@ -217,10 +242,7 @@ def _follow(run, catalog, uid, ctx, artifact, poll_s, ui_every_s, idle_timeout_s
     last_ui, last_change, last_in = 0.0, time.monotonic(), -1
     key = _artifact_key(uid)
     while True:
-        try:  # the stop first: after it, only the last batch and the publish remain
-            stop = run_metadata(catalog[uid])[1]
-        except KeyError:  # the bridge is rebuilding the run after a restart
-            stop = None
+        stop = _stopped(catalog, uid)  # the stop first: then only the last batch and publish
         if stop:
             return stop
         live = run.poll()

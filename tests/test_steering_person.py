@@ -24,6 +24,8 @@ from browser import browser, chromium_path
 from test_flows_support import e2_services, wait_for  # noqa: F401  (fixture)
 from test_steering import _decisions, _queue_items, queue_services  # noqa: F401  (fixture)
 
+from tomopipe.context import prefect_api_scope
+
 pytestmark = pytest.mark.slow
 
 SCAN = {"angles": 90, "size": 64, "rows": 16}
@@ -97,8 +99,12 @@ def test_person_approves_edits_or_refuses_the_suggested_scan(queue_services, ans
 
     def run_flow():
         try:
-            outcome["result"] = suggest_scan(quick_uid, SCAN, home=str(home), timeout_s=180,
-                                             wait_s=600, start_queue=False)
+            # the home's Prefect API, whatever server an earlier test left this process
+            # pointed at (in `make test-faults` the flow ran on a temporary server, paused
+            # there, and this test waited on the home's)
+            with prefect_api_scope(api):
+                outcome["result"] = suggest_scan(quick_uid, SCAN, home=str(home),
+                                                 timeout_s=180, wait_s=600, start_queue=False)
         except BaseException as exc:  # noqa: BLE001  (reported by the test below)
             outcome["error"] = exc
 

@@ -269,6 +269,16 @@ def test_early_center_waits_until_an_estimator_can_use_the_frames(tmp_path):
     assert late["confidence"] == 0 and late["method"].startswith("default")
     found = early_center(spec, params, planned, 360)
     assert found["confidence"] > 0.5 and abs(found["value"] - 32) < 1.5, found
+    # a plan that never covers the half-turn finely (4-degree steps) is not waited on for
+    # ever: once every planned frame is in, the centre comes from all of them
+    docs = Docs()
+    simulate(settings, size=32, rows=8, angles=45, fps=None, sample="coarse",
+             callbacks=[docs], seed=3)
+    coarse = scan_from_documents(docs.items, settings.data_roots)
+    planned = planned_angles_deg(docs.items[0][1]["tomo"])
+    assert not covers_half_turn(planned)
+    assert early_center(coarse, params, planned, 44) is None
+    assert early_center(coarse, params, planned, 45)["method"].endswith("(first 45 frames)")
 
 
 def small_stream(tmp_path, dask_client, *, angles, fps, angle_order, size=32, rows=4):

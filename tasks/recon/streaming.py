@@ -499,8 +499,9 @@ def early_center(spec: ScanSpec, params: ReconParams, planned_deg, n_landed: int
     """The centre from the first frames once they cover the half-turn, else None: from
     ``CENTER_COVER_FACTOR`` times the fewest frames that cover it (``frames_to_cover``), or
     all ``n_landed`` when fewer; None too while no estimator can use them (a sequential scan
-    one frame short of its end: no pair of frames 180 degrees apart, centre "default"). A
-    given centre is used as is."""
+    one frame short of its end: no pair of frames 180 degrees apart, centre "default"). Once
+    every planned frame has landed it takes what there is (a plan whose angles never cover the
+    half-turn this finely: 45 angles over 180 degrees). A given centre is used as is."""
     from tomopipe.tasks.recon import engine
 
     rows = engine.resolve_rows(spec, params)
@@ -509,6 +510,8 @@ def early_center(spec: ScanSpec, params: ReconParams, planned_deg, n_landed: int
     n_landed = min(int(n_landed), len(planned_deg))
     if n_landed < 1:
         return None
+    if n_landed == len(planned_deg):
+        require_cover = False  # every planned frame is in: nothing more will come
     if require_cover:
         n_cover = frames_to_cover(planned_deg[:n_landed])
         if n_cover is None:
