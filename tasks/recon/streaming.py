@@ -522,7 +522,7 @@ def early_center(spec: ScanSpec, params: ReconParams, planned_deg, n_landed: int
                                                               tuple(range(n_landed))),),
                                   angles_deg=tuple(float(a) for a in planned_deg[:n_landed]))
     found = engine.find_center(partial, params, rows)
-    if require_cover and not found.get("confidence") and n_landed < len(planned_deg):
+    if require_cover and not found.get("confidence"):
         return None  # covered with gaps no estimator can use yet (no pair 180 degrees apart)
     found["method"] = f"{found['method']} (first {n_landed} frames)"
     return found
