@@ -11,10 +11,17 @@ automation's flow-run creation), 2 s each, against a 2 s budget from run start t
 the first needs (SQLite's busy timeout) instead of failing. Prefect's own migrations run that
 way. Only the SQLite configuration is changed; a PostgreSQL URL
 (PREFECT_API_DATABASE_CONNECTION_URL) runs Prefect untouched.
+
+It also hands the server's own in-process API clients the application it already made
+(``reuse_current_app``), with any database: every automation action (the one that creates the
+live flow run from the run-start event included) makes such a client, and each one called
+Prefect's ``create_app()``, which hashes every setting and sets logging up again before it finds
+the application in its cache: 0.35 s idle and 0.7 s with a scan running, of a 2 s budget.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 
 
@@ -32,6 +39,34 @@ def immediate_sqlite_transactions() -> None:
     AioSqliteConfiguration.begin_transaction = begin_transaction
 
 
+def reuse_current_app() -> None:
+    """Make ``create_app()`` without settings return, while the current settings object is the
+    same, the application its first such call returned, without re-hashing the settings or
+    setting logging up again. Calls with settings or ``ignore_cache`` go to Prefect as before;
+    so does the first call under another settings object (a ``temporary_settings`` block)."""
+    import prefect.settings
+    from prefect.server.api import server
+
+    create_app = server.create_app
+    if getattr(create_app, "tomopipe_reused", False):
+        return
+    made: dict = {}  # (id of the settings, ephemeral, webserver_only) -> (settings, app)
+
+    @functools.wraps(create_app)
+    def reused(settings=None, ephemeral=False, webserver_only=False, final=False,
+               ignore_cache=False):
+        if settings is not None or ignore_cache:
+            return create_app(settings, ephemeral, webserver_only, final, ignore_cache)
+        current = prefect.settings.get_current_settings()
+        key = (id(current), ephemeral, webserver_only)
+        if key not in made or made[key][0] is not current:  # kept, so its id is not reused
+            made[key] = (current, create_app(current, ephemeral, webserver_only, final))
+        return made[key][1]
+
+    reused.tomopipe_reused = True
+    server.create_app = reused
+
+
 def uses_sqlite(url: str | None) -> bool:
     """Whether the server's database (PREFECT_API_DATABASE_CONNECTION_URL) is SQLite."""
     return not url or url.startswith("sqlite")
@@ -42,6 +77,7 @@ def main(argv: list[str]) -> int:
 
     if uses_sqlite(os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL")):
         immediate_sqlite_transactions()  # PostgreSQL: Prefect untouched
+    reuse_current_app()
     from prefect.cli import app
 
     sys.argv = ["prefect", *argv]

@@ -53,7 +53,10 @@ def serve(pool: str, name: str | None) -> None:
     from prefect.settings import PREFECT_WORKER_HEARTBEAT_SECONDS, PREFECT_WORKER_PREFETCH_SECONDS
     from prefect.utilities.processutils import setup_signal_handlers_worker
     from prefect.workers.process import ProcessWorker
+    from tomopipe.infra.plain_http import skip_ca_bundle_in_prefect_clients
     from tomopipe.infra.wakeup import run_worker
+
+    skip_ca_bundle_in_prefect_clients()
 
     # As `prefect worker start` does: a first SIGTERM/SIGINT stops taking runs, a second kills.
     setup_signal_handlers_worker(os.getpid(), "the process worker", print)

@@ -318,6 +318,10 @@ def main(argv: list[str]) -> int:
     t0 = time.monotonic()
     failed = preload()
     log(f"preloaded in {time.monotonic() - t0:.1f} s" + (f"; failed: {failed}" if failed else ""))
+    if "prefect.client.orchestration" in sys.modules:
+        from tomopipe.infra.plain_http import skip_ca_bundle_in_prefect_clients
+
+        skip_ca_bundle_in_prefect_clients()  # inherited by every child
     try:
         Zygote(argv[0]).serve()
     except OSError as exc:

@@ -21,9 +21,11 @@ log = logging.getLogger(__name__)
 def connect_catalog(url: str, api_key: str | None = None):
     """A Tiled client on the catalog root (raises ServiceError when unreachable)."""
     from tiled.client import from_uri
+    from tomopipe.infra.plain_http import ssl_context_for
 
     try:
-        return from_uri(url, api_key=api_key, include_data_sources=True)
+        return from_uri(url, api_key=api_key, include_data_sources=True,
+                        verify=ssl_context_for(url) or True)
     except Exception as exc:  # httpx errors, refused connections, bad keys
         raise ServiceError(f"Tiled catalog at {url} cannot be reached: {exc}") from exc
 

@@ -26,6 +26,9 @@ import os, signal, sys, time
 print("STARTED", repr(time.time()), flush=True)
 print("PRELOADED", "prefect" in sys.modules and "numpy" in sys.modules)
 print("CATALOG_CLIENT", "bluesky_tiled_plugins" in sys.modules)
+orchestration = sys.modules.get("prefect.client.orchestration")
+init = orchestration.SyncPrefectClient.__init__ if orchestration else None
+print("PLAIN_HTTP", getattr(init, "tomopipe_plain_http", False))
 print("PID", os.getpid(), "PPID", os.getppid())
 mode = os.environ.get("PROBE_MODE", "report")
 if mode == "report":
@@ -177,6 +180,7 @@ def test_the_catalog_client_is_preloaded_without_a_jemalloc_thread(zygote, probe
     assert c.returncode == 0, err
     got = fields(out)
     assert got["CATALOG_CLIENT"] == "True"
+    assert got["PLAIN_HTTP"] == "True"  # infra/plain_http.py: inherited from the fork server
     assert got["ARROW"].startswith("True"), got["ARROW"]
 
 
