@@ -63,6 +63,9 @@ class Bridge:
         self._stalled: set[str] = set()  # open runs the catalog could not take; see retry_stalled
         self._lock = threading.RLock()
         self.handled = self.skipped = 0
+        # a stream's first frame is waiting to reach the catalog: a live flow waits for it
+        # to locate the files, so it goes at the next turn instead of with the second's batch
+        self.first_frame_waiting = False
 
     # -- routing -----------------------------------------------------------------------------
     def _run_of(self, name: str, doc) -> str:
@@ -145,6 +148,8 @@ class Bridge:
                         "kept in the journal and written again when the catalog answers",
                         name, uid, type(exc).__name__, exc)
             return
+        if name == "stream_datum" and (doc.get("indices") or {}).get("start") == 0:
+            self.first_frame_waiting = True
         self._after_write(uid, name, doc)
 
     def flush(self) -> None:
@@ -154,6 +159,7 @@ class Bridge:
         if flush is None:
             return
         with self._lock:
+            self.first_frame_waiting = False
             for uid in [u for u in self._starts if u not in self._stalled]:
                 try:
                     flush(uid)
@@ -341,8 +347,8 @@ def main(argv: list[str] | None = None) -> int:
                              "take and to send events that failed")
     parser.add_argument("--flush-every", type=float, default=FLUSH_EVERY_S,
                         help="seconds between writes of a run's frames to the catalog while "
-                             f"frames keep coming (default {FLUSH_EVERY_S}); a frame after a "
-                             "quiet spell is written at once")
+                             f"frames keep coming (default {FLUSH_EVERY_S}); a stream's first "
+                             "frame, and a frame after a quiet spell, are written at once")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
@@ -399,8 +405,10 @@ def main(argv: list[str] | None = None) -> int:
         except queue.Empty:
             pass
         # frames go to the catalog at most every flush_every s, each write a batch (a write
-        # costs the catalog about the same for 1 frame as for 500: tens of ms of its CPU)
-        if unflushed and time.monotonic() - flushed >= args.flush_every:
+        # costs the catalog about the same for 1 frame as for 500: tens of ms of its CPU),
+        # and a stream's first frame at once
+        if unflushed and (bridge.first_frame_waiting
+                          or time.monotonic() - flushed >= args.flush_every):
             bridge.flush()
             flushed, unflushed = time.monotonic(), False
         if time.monotonic() > next_check:

@@ -185,28 +185,14 @@ def stream_run(uid: str, ctx: RunContext, params: ReconParams, out: str, *,
 
         artifact = create_progress_artifact(0.0, key=None,
                                             description=f"live reconstruction of run {uid}")
-        center, last_landed, last_change = None, -1, time.monotonic()
-        while center is None:  # the first frames that cover the half-turn
-            landed = streaming.frames_on_disk(spec.projections[0])
-            center = streaming.early_center(spec, params, planned, landed)
-            if center is None:
-                if _stopped(catalog, uid):
-                    break  # stopped before covering the half-turn: centre from all of it
-                if landed != last_landed:
-                    last_landed, last_change = landed, time.monotonic()
-                elif time.monotonic() - last_change > idle_timeout_s:
-                    raise RunFailed(f"run {uid}: nothing new for {idle_timeout_s:.0f} s and no "
-                                    f"stop document ({landed} frames landed)")
-                update_progress_artifact(artifact, 0.0, description=(
-                    f"{landed} frames landed; waiting for them to cover 180 degrees to find "
-                    "the centre"))
-                time.sleep(poll_s)
-        if center is None:
-            landed = streaming.frames_on_disk(spec.projections[0])
-            center = streaming.early_center(spec, params, planned, landed, require_cover=False)
-        log.info("run %s streams on %d workers in blocks of %d rows; centre %.2f (%s)", uid,
+        if center_given is None:  # views at once; the blocks start again once it is found
+            center = streaming.provisional_center(spec, start.get("tomo"))
+        else:
+            center = streaming.early_center(spec, params, planned, 0)
+        log.info("run %s streams on %d workers in blocks of %d rows; centre %.2f (%s%s)", uid,
                  len(splan.blocks), splan.chunk_plan.slab_rows, center["value"],
-                 center["method"])
+                 center["method"], ", until the frames cover the half-turn to find it"
+                 if center.get("provisional") else "")
         run = streaming.StreamRun.begin(client, spec, params, out, planned_deg=planned,
                                         center=center, stream_plan=splan,
                                         positions=positions,
@@ -214,10 +200,13 @@ def stream_run(uid: str, ctx: RunContext, params: ReconParams, out: str, *,
         record_state(ctx, uid, "running", plan_name=start.get("plan_name"))
         try:
             stop = _follow(run, catalog, uid, ctx, artifact, poll_s, ui_every_s,
-                           idle_timeout_s)
+                           idle_timeout_s, planned)
             ensure_succeeded(uid, stop)
             # the camera has closed its file before the stop: every frame is on disk
             n_frames = streaming.frames_on_disk(spec.projections[0])
+            if run.center.get("provisional"):  # stopped before covering the half-turn
+                _recenter(run, streaming.early_center(spec, params, planned, n_frames,
+                                                      require_cover=False), uid)
             run.stop(n_frames)  # the blocks add the last frames while the events are read
             recorded = _recorded_angles(catalog, uid, ctx, poll_s, idle_timeout_s)
             result = run.finish(n_frames, recorded_deg=recorded)
@@ -235,8 +224,21 @@ def stream_run(uid: str, ctx: RunContext, params: ReconParams, out: str, *,
             "plan_name": start.get("plan_name")}
 
 
-def _follow(run, catalog, uid, ctx, artifact, poll_s, ui_every_s, idle_timeout_s) -> dict:
-    """Show the live figures until the stop document; returns it."""
+def _recenter(run, center: dict, uid: str) -> None:
+    was = run.center["value"]
+    run.recenter(center)
+    again = "the live views start again with it" if run.center["value"] != was else \
+        "the blocks go on"
+    get_run_logger().info("run %s: centre %.2f (%s, confidence %.2f); %s", uid,
+                          run.center["value"], run.center["method"],
+                          center.get("confidence") or 0.0, again)
+
+
+def _follow(run, catalog, uid, ctx, artifact, poll_s, ui_every_s, idle_timeout_s,
+            planned) -> dict:
+    """Show the live figures until the stop document, and find the centre once the landed
+    frames cover the half-turn; returns the stop document."""
+    from tomopipe.tasks.recon import streaming
     from tomopipe.tasks.storage.live_views import read_views
 
     last_ui, last_change, last_in = 0.0, time.monotonic(), -1
@@ -246,6 +248,11 @@ def _follow(run, catalog, uid, ctx, artifact, poll_s, ui_every_s, idle_timeout_s
         if stop:
             return stop
         live = run.poll()
+        if run.center.get("provisional"):
+            found = streaming.early_center(run.spec, run.params, planned,
+                                           live["frames_landed"])
+            if found is not None:
+                _recenter(run, found, uid)
         now = time.monotonic()
         if live["frames_in"] != last_in:
             last_in, last_change = live["frames_in"], now
@@ -253,10 +260,13 @@ def _follow(run, catalog, uid, ctx, artifact, poll_s, ui_every_s, idle_timeout_s
             last_ui = now
             run_progress.record_live(ctx.home, uid, live["fraction"], str(run.live),
                                      updated=live["updated"])
+            centre = (f"provisional centre {run.center['value']:.2f} (" +
+                      run.center["method"] + ")" if run.center.get("provisional")
+                      else f"centre {run.center['value']:.2f}")
             update_progress_artifact(artifact, 100.0 * live["fraction"], description=(
                 f"{live['frames_in']} of {live['frames_landed']} landed frames in the live "
                 f"views ({100 * live['fraction']:.0f} % of the angles); lag "
-                f"{live['lag']} frames"))
+                f"{live['lag']} frames; {centre}"))
             if live["frames_in"]:
                 create_image_artifact(live_png_data_url(read_views(run.live)), key=key,
                                       description=f"live slices of run {uid}: "

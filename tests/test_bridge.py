@@ -470,18 +470,24 @@ def test_frames_reach_the_catalog_when_the_bridge_is_idle(tmp_path):
         for name, doc in docs[:cut]:
             bridge.handle(name, doc)
         assert writer._writers[uid].flushable
+        assert bridge.first_frame_waiting  # the streams' first frames: the main loop flushes
         n_frames = sum(int(d["indices"]["stop"]) - int(d["indices"]["start"])
                        for n, d in docs[:cut] if n == "stream_datum")
         run = connect_catalog(f"http://127.0.0.1:{port}", key)[uid]
         assert frames_landed(run) < n_frames  # collected, not yet sent
         bridge.flush()
+        assert not bridge.first_frame_waiting
         run = connect_catalog(f"http://127.0.0.1:{port}", key)[uid]
         assert frames_landed(run) == n_frames
         assert run_metadata(run)[1] is None  # before the stop
         events = sum(1 for n, d in docs[:cut] if n == "event" and d["descriptor"] == primary)
         assert len(run["primary"].base["internal"].read()) == events
         _layout_matches_the_documents(run, home, docs)
-        for name, doc in docs[cut:]:
+        later = next(i for i in range(cut, len(docs)) if docs[i][0] == "stream_datum")
+        for name, doc in docs[cut:later + 1]:
+            bridge.handle(name, doc)
+        assert not bridge.first_frame_waiting  # a later frame waits for the second's batch
+        for name, doc in docs[later + 1:]:
             bridge.handle(name, doc)
         run = connect_catalog(f"http://127.0.0.1:{port}", key)[uid]
         assert run_metadata(run)[1]["exit_status"] == "success"

@@ -25,14 +25,16 @@ from tomopipe.tasks.recon.streaming import (
     early_center,
     frames_to_cover,
     plan_stream,
+    provisional_center,
     stream_refusal,
 )
 from tomopipe.tasks.sources.angle_plan import planned_angles_deg
 from tomopipe.tasks.sources.bluesky_run import scan_from_documents
-from tomopipe.tasks.storage.live_views import read_live_attrs, read_views
-from tomopipe.tasks.storage.omezarr import is_complete
+from tomopipe.tasks.storage.live_views import read_block_status, read_live_attrs, read_views
+from tomopipe.tasks.storage.omezarr import is_complete, read_provenance
 
 from tomopipe.config import load_settings
+from tomopipe.errors import TomopipeError
 
 
 class Docs:
@@ -165,6 +167,95 @@ def test_stream_follows_a_golden_scan_and_publishes_the_one_shot_volume(tmp_path
     assert err < 1e-2, err
     assert zarr.open_group(str(out), mode="r")["1"].shape == \
         zarr.open_group(str(one_shot), mode="r")["1"].shape
+
+
+def test_views_start_at_a_provisional_centre_and_the_volume_is_the_found_ones(tmp_path,
+                                                                             dask_client):
+    """The blocks start before the centre is known (at the start document's axis or the
+    detector's middle), show views at it, and start again from the first frame once the flow
+    finds it: the published volume is the one-shot reconstruction at the centre found."""
+    size, rows, n_angles = 64, 8, 240
+    settings = load_settings(tmp_path / "home")
+    docs = Docs()
+    thread, errors = start_scan(settings, docs, size=size, rows=rows, angles=n_angles, fps=60,
+                                angle_order="golden")
+    spec, start = wait_for_spec(docs, settings)
+    planned = planned_angles_deg(start["tomo"])
+    assert start["tomo"]["center"] == size / 2  # the simulator names its axis
+    named = provisional_center(spec, start["tomo"])
+    assert named["provisional"] and named["value"] == size / 2
+    middle = provisional_center(spec, {"center": float("nan")})  # unusable: the middle
+    assert middle["value"] == size / 2 and "middle" in middle["method"]
+    wrong = {**named, "value": size / 2 + 3.0}  # an axis 3 px off, as a stale calibration
+    params = ReconParams(center="auto")
+    run = StreamRun.begin(dask_client, spec, params, tmp_path / "vol.zarr", planned_deg=planned,
+                          center=wrong, stream_plan=plan_stream(rows, size, n_workers=2,
+                                                                memory_budget=2**30),
+                          block_options={"view_every_s": 0.1})
+    found = None
+    while thread.is_alive():
+        live = run.poll()
+        if found is None and live["frames_in"]:
+            assert live["center_provisional"] and live["center"] == wrong["value"]
+        if found is None and live["frames_landed"]:
+            found = early_center(spec, params, planned, live["frames_landed"])
+            if found is not None:
+                run.recenter(found)
+        time.sleep(0.1)
+    thread.join()
+    assert not errors and found is not None, "the frames covered the half-turn during the scan"
+    final_spec = scan_from_documents(docs.items, settings.data_roots)
+    result = run.finish(final_spec.n_angles, recorded_deg=final_spec.angles_deg)
+    assert result["center"] == found["value"] and result["timings"]["recentred"] == 1
+    histories = [b["history"] for b in read_block_status(run.live)]
+    assert all(any(c == wrong["value"] for _, _, c in h) for h in histories), \
+        "every block showed views at the provisional centre first"
+    assert read_provenance(run.out)["center"]["value"] == found["value"]
+    streamed = zarr.open_group(str(run.out), mode="r")["0"][:]
+    one_shot = tmp_path / "one-shot.zarr"
+    reconstruct(final_spec, ReconParams(center=found["value"]), one_shot, workers=0)
+    reference = zarr.open_group(str(one_shot), mode="r")["0"][:]
+    assert np.linalg.norm(streamed - reference) / np.linalg.norm(reference) < 1e-2
+
+
+def test_a_found_centre_close_to_the_provisional_one_confirms_it(tmp_path):
+    """Within CENTER_KEEP_PX the blocks go on (no control to start again) and the volume is
+    the provisional centre's, said so; farther, the workers are told the new centre."""
+    from tomopipe.tasks.recon.streaming import CENTER_KEEP_PX
+    from tomopipe.tasks.storage.live_views import read_control
+
+    provisional = {"value": 128.0, "method": "the start document's axis", "confidence": 0.0,
+                   "provisional": True}
+    found = {"value": 128.0 + CENTER_KEEP_PX / 2, "method": "vo (first 288 frames)",
+             "confidence": 1.0}
+    run = StreamRun(spec=None, params=None, out=tmp_path / "v.zarr", key="k", live=tmp_path,
+                    positions={}, stream_plan=None, center=provisional, pub=None)
+    run.recenter(found)
+    assert run.center["value"] == 128.0 and not run.center["provisional"]
+    assert "confirmed" in run.center["method"] and "128.025" in run.center["method"]
+    assert read_control(tmp_path) == {}
+    run = StreamRun(spec=None, params=None, out=tmp_path / "v.zarr", key="k", live=tmp_path,
+                    positions={}, stream_plan=None, center=provisional, pub=None)
+    run.recenter({**found, "value": 128.0 + 2 * CENTER_KEEP_PX})
+    assert run.center["value"] == read_control(tmp_path)["center"] == 128.0 + 2 * CENTER_KEEP_PX
+
+
+def test_a_stream_still_at_its_provisional_centre_is_not_published(tmp_path, dask_client):
+    size, rows, n_angles = 32, 4, 60
+    settings = load_settings(tmp_path / "home")
+    docs = Docs()
+    thread, errors = start_scan(settings, docs, size=size, rows=rows, angles=n_angles, fps=200,
+                                angle_order="golden")
+    spec, start = wait_for_spec(docs, settings)
+    run = StreamRun.begin(dask_client, spec, ReconParams(), tmp_path / "vol.zarr",
+                          planned_deg=planned_angles_deg(start["tomo"]),
+                          center=provisional_center(spec, start["tomo"]),
+                          stream_plan=plan_stream(rows, size, n_workers=2, memory_budget=2**30))
+    thread.join()
+    assert not errors
+    with pytest.raises(TomopipeError, match="provisional"):
+        run.finish(n_angles)
+    assert not is_complete(run.out) and not run.out.exists()
 
 
 def test_runs_json_contract_timeline_always_live_while_running(tmp_path):

@@ -43,6 +43,10 @@ ANGLE_TOLERANCE_DEG = 0.01  # planned against recorded angles, checked at the st
 # the early centre reads this many times the fewest frames that cover the half-turn: more
 # angles than the bare cover for the centre's search, a fraction of a scan's read
 CENTER_COVER_FACTOR = 2
+# A centre found this close to the provisional one the blocks started with is kept (no start
+# again from the first frame): about the finder's own precision (288 golden frames: within
+# 0.04 px of the whole scan's centre), and a blur no one can see.
+CENTER_KEEP_PX = 0.05
 
 
 class AnglesDiffer(TomopipeError):
@@ -187,12 +191,18 @@ def run_block(job: BlockJob) -> dict:
     z_rows = (job.z0, job.z0 + rows[1] - rows[0])
     n_expected = len(job.angles_deg)
     angles = np.deg2rad(np.asarray(job.angles_deg, dtype=np.float64))
-    acc = FBPAccumulator(rows[1] - rows[0], job.n_cols, job.center,
-                         frame_weights(n_expected, angles), filter_name=job.params.filter_name)
+
+    def accumulator(center: float) -> FBPAccumulator:
+        return FBPAccumulator(rows[1] - rows[0], job.n_cols, center,
+                              frame_weights(n_expected, angles),
+                              filter_name=job.params.filter_name)
+
+    acc = accumulator(job.center)
     scale = np.float32(UM_PER_CM / job.pixel_size_um) if job.pixel_size_um else np.float32(1)
     flats = darks = None
     history: list[list[float]] = []
-    stats = {"batches": 0, "largest_batch": 0, "read_s": 0.0, "recon_s": 0.0, "views_s": 0.0}
+    stats = {"batches": 0, "largest_batch": 0, "read_s": 0.0, "recon_s": 0.0, "views_s": 0.0,
+             "recentred": 0}
     landed, last_view, last_new, last_batch = 0, 0.0, time.monotonic(), 0.0
     t_start = time.monotonic()
 
@@ -201,10 +211,11 @@ def run_block(job: BlockJob) -> dict:
         block = acc.partial_view() * scale
         live_views.write_block_views(job.live, z_rows, job.positions, block)
         now = time.time()
-        history.append([now, acc.frames_in])
+        history.append([now, acc.frames_in, acc.center])  # [time, frames in, centre]
         live_views.write_block_status(job.live, z_rows, {
             "frames_in": acc.frames_in, "frames_landed": landed, "fraction": acc.fraction,
-            "updated": now, "state": state, "history": history, "pid": os.getpid(), **stats})
+            "updated": now, "state": state, "history": history, "pid": os.getpid(),
+            "center": acc.center, **stats})
         stats["views_s"] += time.perf_counter() - t
 
     while True:
@@ -216,6 +227,10 @@ def run_block(job: BlockJob) -> dict:
                 live_views.write_block_status(job.live, z_rows, {"state": "aborted",
                                                                  "frames_in": acc.frames_in})
             return {"rows": list(rows), "aborted": control["abort"]}
+        wanted = control.get("center")
+        if wanted is not None and float(wanted) != acc.center:
+            acc = accumulator(float(wanted))  # the centre is found: again from the first frame
+            stats["recentred"] += 1
         stop_frames = control.get("stop_frames")
         limit = n_expected if stop_frames is None else min(int(stop_frames), n_expected)
         t0 = time.perf_counter()
@@ -269,9 +284,10 @@ def run_block(job: BlockJob) -> dict:
     publish.mark_slab_done(job.partial, z_rows, {"frames": acc.frames_in, **stats})
     live_views.write_block_status(job.live, z_rows, {
         "frames_in": acc.frames_in, "frames_landed": landed, "fraction": acc.fraction,
-        "updated": time.time(), "state": "written", "history": history, **stats})
+        "updated": time.time(), "state": "written", "history": history, "center": acc.center,
+        **stats})
     return {"rows": list(rows), "frames": acc.frames_in, "pid": os.getpid(),
-            "seconds": time.monotonic() - t_start, **stats}
+            "center": acc.center, "seconds": time.monotonic() - t_start, **stats}
 
 
 # -------------------------------------------------------------------------- the flow's side
@@ -388,8 +404,24 @@ class StreamRun:
         if xy is not None:
             self.last_xy = xy
         summary["state"] = "streaming"
+        summary["center"] = self.center["value"]
+        summary["center_provisional"] = bool(self.center.get("provisional"))
         self.history.append([summary["updated"], summary["frames_in"], summary["lag"]])
         return live_views.update_live_attrs(self.live, summary, per_view)
+
+    def recenter(self, center: dict) -> None:
+        """Reconstruct with ``center`` (the one found) from now on: the blocks start their
+        accumulators again from the first frame, and the volume is this centre's. One within
+        ``CENTER_KEEP_PX`` of the provisional centre confirms it instead: the blocks go on,
+        and the volume (and its provenance) is the provisional centre's."""
+        was = self.center
+        if was.get("provisional") and abs(center["value"] - was["value"]) <= CENTER_KEEP_PX:
+            self.center = {**center, "value": was["value"], "method": (
+                f"{was['method']}, confirmed: {center['method']} found {center['value']:.3f} "
+                f"(within {CENTER_KEEP_PX} px)"), "provisional": False}
+            return
+        self.center = center
+        live_views.request_center(self.live, center["value"])
 
     def stop(self, n_frames: int) -> None:
         """The scan stopped with ``n_frames`` projections: the blocks add the last ones and
@@ -421,17 +453,23 @@ class StreamRun:
         missing = [s for s in self.blocks if not publish.slab_done(self.pub.partial, s)]
         if missing:
             raise TomopipeError(f"{self.out}: blocks {missing} wrote no done-marker")
+        other = [(r["rows"], r.get("center")) for r in results
+                 if r.get("center") != self.center["value"]]
+        if self.center.get("provisional") or other:
+            raise TomopipeError(f"{self.out}: written with centres {other or 'provisional'}, not "
+                                f"the one found ({self.center['value']})")
         self.poll()  # the blocks' last figures (all frames in) into the live group
         t1 = time.perf_counter()
         timings = {"last_batch_s": t1 - t0, "streamed": True, "n_frames": int(n_frames),
                    "largest_batch": max(r.get("largest_batch", 0) for r in results),
                    "batches": sum(r.get("batches", 0) for r in results),
                    "slab_pids": sorted({r["pid"] for r in results if "pid" in r}),
-                   "n_slabs_computed": len(results), "live_history": self.history[-2000:]}
+                   "n_slabs_computed": len(results), "live_history": self.history[-2000:],
+                   "recentred": max(r.get("recentred", 0) for r in results)}
         partial_fraction = int(n_frames) < planned.size
         publish.finish(self.pub, {"timings": timings, "finished": _dt.datetime.now(
             _dt.UTC).isoformat(timespec="seconds"), "frames": int(n_frames),
-            "partial_scan": partial_fraction})
+            "partial_scan": partial_fraction, "center": self.center})
         summary = live_views.update_live_attrs(self.live, {"state": "published",
                                                            "updated": time.time(),
                                                            "volume": str(self.out)})
@@ -492,6 +530,21 @@ def frames_to_cover(angles_deg) -> int | None:
         else:
             lo = mid + 1
     return hi
+
+
+def provisional_center(spec: ScanSpec, tomo: dict | None) -> dict:
+    """Where the live views start while the centre is not found yet: at the rotation axis the
+    run's start document names (``tomo.center``: the beamline's calibration), else at the
+    detector's middle (the centre finder's own default). Once it is found the blocks start
+    again from the first frame with it (``StreamRun.recenter``): only the views shown before
+    are at this one."""
+    given = (tomo or {}).get("center")
+    if isinstance(given, int | float) and not isinstance(given, bool) and \
+            math.isfinite(given) and 0 <= given < spec.n_cols:
+        value, method = float(given), "the start document's axis"
+    else:
+        value, method = spec.n_cols / 2, "the detector's middle"
+    return {"value": value, "method": method, "confidence": 0.0, "provisional": True}
 
 
 def early_center(spec: ScanSpec, params: ReconParams, planned_deg, n_landed: int, *,

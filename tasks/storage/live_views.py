@@ -148,10 +148,21 @@ def read_block_status(path: str | Path) -> list[dict]:
     return [d for d in found if d is not None]
 
 
+def _update_control(path: str | Path, **fields) -> None:
+    """Merge ``fields`` into the workers' control file (the flow is its only writer)."""
+    _write_json(Path(path) / CONTROL_FILE, {**read_control(path), **fields})
+
+
 def request_stop(path: str | Path, n_frames: int | None = None, *,
                  abort: str | None = None) -> None:
     """Tell the workers the scan has ended with ``n_frames`` projections (or is abandoned)."""
-    _write_json(Path(path) / CONTROL_FILE, {"stop_frames": n_frames, "abort": abort})
+    _update_control(path, stop_frames=n_frames, abort=abort)
+
+
+def request_center(path: str | Path, center: float) -> None:
+    """Tell the workers to reconstruct with this centre from now on: a worker whose
+    accumulator holds another starts it again from the first frame."""
+    _update_control(path, center=float(center))
 
 
 def read_control(path: str | Path) -> dict:
