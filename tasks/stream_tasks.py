@@ -162,7 +162,11 @@ def stream_run(uid: str, ctx: RunContext, params: ReconParams, out: str, *,
                 "stop": stop}
     planned = planned_angles_deg(start.get("tomo"))
     center_given = None if params.center == "auto" else float(params.center)
-    reason = streaming.stream_refusal(params, spec, planned, center_given)
+    # with "auto" the views start at a provisional centre; the blocks start again once found
+    center = streaming.provisional_center(spec, start.get("tomo")) if center_given is None \
+        else None
+    reason = streaming.stream_refusal(params, spec, planned, center_given
+                                      if center is None else center["value"])
     if reason:
         log.info("run %s is reconstructed at the stop: %s", uid, reason)
         return {"streamed": False, "reason": reason}
@@ -185,10 +189,8 @@ def stream_run(uid: str, ctx: RunContext, params: ReconParams, out: str, *,
 
         artifact = create_progress_artifact(0.0, key=None,
                                             description=f"live reconstruction of run {uid}")
-        if center_given is None:  # views at once; the blocks start again once it is found
-            center = streaming.provisional_center(spec, start.get("tomo"))
-        else:
-            center = streaming.early_center(spec, params, planned, 0)
+        if center is None:
+            center = streaming.early_center(spec, params, planned, 0)  # the given one
         log.info("run %s streams on %d workers in blocks of %d rows; centre %.2f (%s%s)", uid,
                  len(splan.blocks), splan.chunk_plan.slab_rows, center["value"],
                  center["method"], ", until the frames cover the half-turn to find it"
@@ -198,6 +200,7 @@ def stream_run(uid: str, ctx: RunContext, params: ReconParams, out: str, *,
                                         positions=positions,
                                         extra_provenance={"run_uid": uid})
         record_state(ctx, uid, "running", plan_name=start.get("plan_name"))
+        stop = None
         try:
             stop = _follow(run, catalog, uid, ctx, artifact, poll_s, ui_every_s,
                            idle_timeout_s, planned)
@@ -210,7 +213,7 @@ def stream_run(uid: str, ctx: RunContext, params: ReconParams, out: str, *,
             run.stop(n_frames)  # the blocks add the last frames while the events are read
             recorded = _recorded_angles(catalog, uid, ctx, poll_s, idle_timeout_s)
             result = run.finish(n_frames, recorded_deg=recorded)
-        except streaming.AnglesDiffer as exc:  # the blocks are stopped, the partial removed
+        except streaming.StreamDiscarded as exc:  # the blocks stopped, the partial removed
             log.warning("run %s is reconstructed at the stop: %s", uid, exc)
             return {"streamed": False, "reason": str(exc), "stop": stop}
         except BaseException as exc:

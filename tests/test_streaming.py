@@ -218,6 +218,24 @@ def test_views_start_at_a_provisional_centre_and_the_volume_is_the_found_ones(tm
     assert np.linalg.norm(streamed - reference) / np.linalg.norm(reference) < 1e-2
 
 
+def bare_run(tmp_path, center: dict, *, arc_deg: float = 180.0, n_cols: int = 256):
+    """A StreamRun of a 400-angle plan with no blocks: what the flow holds, for recenter."""
+    import types
+
+    from tomopipe.tasks.sources.spec import FrameSet, ScanSpec
+
+    planned = tuple(np.linspace(0, arc_deg, 400, endpoint=False))
+    spec = ScanSpec(label="r", projections=(FrameSet(str(tmp_path / "p.h5"), "/d", None),),
+                    flats=(), darks=(), angles_deg=planned, n_rows=4, n_cols=n_cols,
+                    dtype="uint16")
+    live, partial = tmp_path / "v.live.zarr", tmp_path / "v.partial"
+    live.mkdir(exist_ok=True)
+    partial.mkdir(exist_ok=True)
+    return StreamRun(spec=spec, params=ReconParams(), out=tmp_path / "v.zarr", key="k",
+                     live=live, positions={}, stream_plan=None, center=center,
+                     pub=types.SimpleNamespace(partial=partial), planned=planned)
+
+
 def test_a_found_centre_close_to_the_provisional_one_confirms_it(tmp_path):
     """Within CENTER_KEEP_PX the blocks go on (no control to start again) and the volume is
     the provisional centre's, said so; farther, the workers are told the new centre."""
@@ -228,16 +246,27 @@ def test_a_found_centre_close_to_the_provisional_one_confirms_it(tmp_path):
                    "provisional": True}
     found = {"value": 128.0 + CENTER_KEEP_PX / 2, "method": "vo (first 288 frames)",
              "confidence": 1.0}
-    run = StreamRun(spec=None, params=None, out=tmp_path / "v.zarr", key="k", live=tmp_path,
-                    positions={}, stream_plan=None, center=provisional, pub=None)
+    run = bare_run(tmp_path, provisional)
     run.recenter(found)
     assert run.center["value"] == 128.0 and not run.center["provisional"]
     assert "confirmed" in run.center["method"] and "128.025" in run.center["method"]
-    assert read_control(tmp_path) == {}
-    run = StreamRun(spec=None, params=None, out=tmp_path / "v.zarr", key="k", live=tmp_path,
-                    positions={}, stream_plan=None, center=provisional, pub=None)
+    assert read_control(run.live) == {}
+    run = bare_run(tmp_path, provisional)
     run.recenter({**found, "value": 128.0 + 2 * CENTER_KEEP_PX})
-    assert run.center["value"] == read_control(tmp_path)["center"] == 128.0 + 2 * CENTER_KEEP_PX
+    assert run.center["value"] == read_control(run.live)["center"] == 128.0 + 2 * CENTER_KEEP_PX
+
+
+def test_a_full_turn_whose_centre_is_found_off_centre_is_discarded(tmp_path):
+    """A 360-degree scan streams at the detector's middle; when the centre found puts the axis
+    off-centre (stitched at the stop), the stream stops and its partial and views go."""
+    from tomopipe.tasks.recon.streaming import StreamDiscarded
+
+    run = bare_run(tmp_path, {"value": 50.0, "method": "the detector's middle",
+                              "provisional": True}, arc_deg=360.0, n_cols=100)
+    assert stream_refusal(run.params, run.spec, run.planned, 50.0) is None
+    with pytest.raises(StreamDiscarded, match="axis off-centre .*centre 80.00 of 100"):
+        run.recenter({"value": 80.0, "method": "vo", "confidence": 1.0})
+    assert not run.live.exists() and not run.pub.partial.exists()
 
 
 def test_a_stream_still_at_its_provisional_centre_is_not_published(tmp_path, dask_client):

@@ -49,7 +49,12 @@ CENTER_COVER_FACTOR = 2
 CENTER_KEEP_PX = 0.05
 
 
-class AnglesDiffer(TomopipeError):
+class StreamDiscarded(TomopipeError):
+    """The stream is stopped and its partial volume and views removed: the run is
+    reconstructed at the stop instead (the message says why)."""
+
+
+class AnglesDiffer(StreamDiscarded):
     """The angles the run recorded are not the ones it planned: the streamed volume is
     discarded (the run is reconstructed from the recorded angles instead)."""
 
@@ -413,8 +418,15 @@ class StreamRun:
         """Reconstruct with ``center`` (the one found) from now on: the blocks start their
         accumulators again from the first frame, and the volume is this centre's. One within
         ``CENTER_KEEP_PX`` of the provisional centre confirms it instead: the blocks go on,
-        and the volume (and its provenance) is the provisional centre's."""
+        and the volume (and its provenance) is the provisional centre's. A centre that makes
+        the run unfit to stream (a 360-degree scan with its axis off-centre, which is stitched)
+        stops the blocks, removes the partial, and raises StreamDiscarded."""
         was = self.center
+        reason = stream_refusal(self.params, self.spec, self.planned, center["value"])
+        if reason:  # a 360-degree scan whose axis turns out off-centre: stitched at the stop
+            self.abort(reason)
+            raise StreamDiscarded(f"{self.spec.label}: {reason} (centre {center['value']:.2f} "
+                                  f"of {self.spec.n_cols} columns)")
         if was.get("provisional") and abs(center["value"] - was["value"]) <= CENTER_KEEP_PX:
             self.center = {**center, "value": was["value"], "method": (
                 f"{was['method']}, confirmed: {center['method']} found {center['value']:.3f} "
