@@ -114,14 +114,21 @@ def wait_for_spec(docs, settings, timeout=60):
     raise AssertionError("the scan never started")
 
 
-def test_stream_follows_a_golden_scan_and_publishes_the_one_shot_volume(tmp_path, dask_client):
-    size, rows, n_angles = 64, 8, 240
+def scan_in_progress(tmp_path, *, size, rows, n_angles, fps):
+    """A golden-order simulated scan running in a thread, once its first projection is
+    recorded: (settings, docs, thread, errors, spec so far, start document, planned angles)."""
     settings = load_settings(tmp_path / "home")
     docs = Docs()
-    thread, errors = start_scan(settings, docs, size=size, rows=rows, angles=n_angles, fps=60,
+    thread, errors = start_scan(settings, docs, size=size, rows=rows, angles=n_angles, fps=fps,
                                 angle_order="golden")
     spec, start = wait_for_spec(docs, settings)
-    planned = planned_angles_deg(start["tomo"])
+    return settings, docs, thread, errors, spec, start, planned_angles_deg(start["tomo"])
+
+
+def test_stream_follows_a_golden_scan_and_publishes_the_one_shot_volume(tmp_path, dask_client):
+    size, rows, n_angles = 64, 8, 240
+    settings, docs, thread, errors, spec, start, planned = scan_in_progress(
+        tmp_path, size=size, rows=rows, n_angles=n_angles, fps=60)
     params = ReconParams(center=size / 2)
     center = early_center(spec, params, planned, 1)
     assert stream_refusal(params, spec, planned, center["value"]) is None
@@ -175,12 +182,8 @@ def test_views_start_at_a_provisional_centre_and_the_volume_is_the_found_ones(tm
     detector's middle), show views at it, and start again from the first frame once the flow
     finds it: the published volume is the one-shot reconstruction at the centre found."""
     size, rows, n_angles = 64, 8, 240
-    settings = load_settings(tmp_path / "home")
-    docs = Docs()
-    thread, errors = start_scan(settings, docs, size=size, rows=rows, angles=n_angles, fps=60,
-                                angle_order="golden")
-    spec, start = wait_for_spec(docs, settings)
-    planned = planned_angles_deg(start["tomo"])
+    settings, docs, thread, errors, spec, start, planned = scan_in_progress(
+        tmp_path, size=size, rows=rows, n_angles=n_angles, fps=60)
     assert start["tomo"]["center"] == size / 2  # the simulator names its axis
     named = provisional_center(spec, start["tomo"])
     assert named["provisional"] and named["value"] == size / 2
@@ -271,13 +274,10 @@ def test_a_full_turn_whose_centre_is_found_off_centre_is_discarded(tmp_path):
 
 def test_a_stream_still_at_its_provisional_centre_is_not_published(tmp_path, dask_client):
     size, rows, n_angles = 32, 4, 60
-    settings = load_settings(tmp_path / "home")
-    docs = Docs()
-    thread, errors = start_scan(settings, docs, size=size, rows=rows, angles=n_angles, fps=200,
-                                angle_order="golden")
-    spec, start = wait_for_spec(docs, settings)
+    _, _, thread, errors, spec, start, planned = scan_in_progress(
+        tmp_path, size=size, rows=rows, n_angles=n_angles, fps=200)
     run = StreamRun.begin(dask_client, spec, ReconParams(), tmp_path / "vol.zarr",
-                          planned_deg=planned_angles_deg(start["tomo"]),
+                          planned_deg=planned,
                           center=provisional_center(spec, start["tomo"]),
                           stream_plan=plan_stream(rows, size, n_workers=2, memory_budget=2**30))
     thread.join()
