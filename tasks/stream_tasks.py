@@ -212,7 +212,8 @@ def stream_run(uid: str, ctx: RunContext, params: ReconParams, out: str, *,
                                                       require_cover=False), uid)
             run.stop(n_frames)  # the blocks add the last frames while the events are read
             recorded = _recorded_angles(catalog, uid, ctx, poll_s, idle_timeout_s)
-            result = run.finish(n_frames, recorded_deg=recorded)
+            result = run.finish(n_frames, recorded_deg=recorded,
+                                angle_tolerance_deg=ctx.settings.stream.angle_tolerance_deg)
         except streaming.StreamDiscarded as exc:  # the blocks stopped, the partial removed
             log.warning("run %s is reconstructed at the stop: %s", uid, exc)
             return {"streamed": False, "reason": str(exc), "stop": stop}

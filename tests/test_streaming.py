@@ -436,6 +436,33 @@ def test_a_stream_whose_recorded_angles_differ_is_discarded(tmp_path, dask_clien
     assert dask_client.submit(sum, [1, 2], pure=False).result(timeout=30) == 3
 
 
+def test_the_angle_tolerance_is_configured_and_recorded(tmp_path, dask_client):
+    """config.yaml ``stream.angle_tolerance_deg`` (checked: one line naming the key) lets a
+    stage whose readback is 0.02 degrees off publish its streamed volume, and the provenance
+    records how far the recorded angles were."""
+    from tomopipe.errors import ConfigError
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.yaml").write_text("stream:\n  angle_tolerance_deg: -1\n")
+    with pytest.raises(ConfigError, match="angle_tolerance_deg") as bad:
+        load_settings(home)
+    assert "\n" not in str(bad.value)
+    (home / "config.yaml").write_text("stream:\n  angle_tolerance_deg: 0.05\n")
+    tolerance = load_settings(home).stream.angle_tolerance_deg
+    assert tolerance == 0.05
+    settings, docs, thread, errors, run = small_stream(tmp_path, dask_client, angles=120,
+                                                       fps=60, angle_order="golden")
+    thread.join()
+    assert not errors
+    recorded = np.asarray(scan_from_documents(docs.items, settings.data_roots).angles_deg)
+    readback = recorded + np.where(np.arange(recorded.size) % 2, 0.02, -0.02)
+    run.finish(recorded.size, recorded_deg=readback, angle_tolerance_deg=tolerance)
+    angles = read_provenance(run.out)["recorded_angles"]
+    assert angles["tolerance_deg"] == 0.05
+    assert angles["max_difference_deg"] == pytest.approx(0.02, abs=1e-6)
+
+
 def test_an_abandoned_stream_leaves_no_volume_and_frees_its_workers(tmp_path, dask_client):
     _, _, thread, errors, run = small_stream(tmp_path, dask_client, angles=200, fps=40,
                                              angle_order="interlaced")

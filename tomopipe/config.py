@@ -36,6 +36,8 @@ from tomopipe.errors import ConfigError
 # has a ``tomo`` mapping or its plan name is one of ``tomo_plans`` (config.yaml).
 DEFAULT_TOMO_PLANS = ("tomo_scan",)
 ADDRESSES_FILE = "addresses.yaml"  # the service addresses `tomopipe up` picked
+# a streamed run's recorded angles against its planned ones (config.yaml: stream:)
+DEFAULT_ANGLE_TOLERANCE_DEG = 0.01
 
 _HTTP = re.compile(r"^https?://[^\s/:]+(:\d{1,5})?(/\S*)?$")
 _TCP = re.compile(r"^tcp://[^\s/:]+:\d{1,5}$")
@@ -114,6 +116,18 @@ class BusSettings(BaseModel):
     serializer: Literal["msgpack", "json", "pickle"] = "msgpack"
 
 
+class StreamSettings(BaseModel):
+    """Streaming (tasks/recon/streaming.py). ``angle_tolerance_deg``: how far the angles a
+    run's events recorded may be from the ones it planned (the streamed frames are weighted
+    by the plan) for the streamed volume to be published; farther, the run is reconstructed
+    at the stop from the recorded angles. A real stage's readback may need more than the
+    default."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    angle_tolerance_deg: float = Field(DEFAULT_ANGLE_TOLERANCE_DEG, gt=0, le=1.0)
+
+
 class Settings(BaseModel):
     """The settings of one home, resolved (home-relative defaults filled in)."""
 
@@ -131,9 +145,10 @@ class Settings(BaseModel):
     cluster: dict[str, Any] = Field(default_factory=dict)  # parsed by infra.cluster
     services: ServiceAddresses = Field(default_factory=ServiceAddresses)
     bus: BusSettings = Field(default_factory=BusSettings)
+    stream: StreamSettings = Field(default_factory=StreamSettings)
 
     @field_validator("recon", "sites", "transfer", "retention", "cluster", "services",
-                     "bus", mode="before")
+                     "bus", "stream", mode="before")
     @classmethod
     def _mapping(cls, value):
         if value is None:

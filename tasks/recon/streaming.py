@@ -35,11 +35,11 @@ from tomopipe.tasks.recon.params import ReconParams
 from tomopipe.tasks.sources.spec import FrameSet, ScanSpec
 from tomopipe.tasks.storage import live_views, publish
 
+from tomopipe.config import DEFAULT_ANGLE_TOLERANCE_DEG
 from tomopipe.errors import PlanError, TomopipeError
 
 UM_PER_CM = 1e4
 DEFAULT_MAX_BATCH = 64  # frames per accumulation step: what the memory plan sizes
-ANGLE_TOLERANCE_DEG = 0.01  # planned against recorded angles, checked at the stop
 # the early centre reads this many times the fewest frames that cover the half-turn: more
 # angles than the bare cover for the centre's search, a fraction of a scan's read
 CENTER_COVER_FACTOR = 2
@@ -442,24 +442,27 @@ class StreamRun:
             self.stopped_at = time.perf_counter()
             live_views.request_stop(self.live, int(n_frames))
 
-    def finish(self, n_frames: int, recorded_deg=None, timeout_s: float = 600.0) -> dict:
+    def finish(self, n_frames: int, recorded_deg=None, timeout_s: float = 600.0,
+               angle_tolerance_deg: float = DEFAULT_ANGLE_TOLERANCE_DEG) -> dict:
         """Wait for the blocks to add the last frames and write (``stop`` tells them, if not
         yet told), then publish. ``recorded_deg``: the angles the run's events recorded,
-        checked against the planned ones (a mismatch discards the streamed volume:
-        AnglesDiffer)."""
+        checked against the planned ones (more than ``angle_tolerance_deg`` apart discards the
+        streamed volume: AnglesDiffer; the largest difference goes in the provenance)."""
         self.stop(n_frames)
         t0 = self.stopped_at
         planned = np.asarray(self.planned, dtype=np.float64)
+        worst = None
         if recorded_deg is not None:
             rec = np.asarray(recorded_deg, dtype=np.float64)
             n = min(rec.size, planned.size)
             worst = float(np.max(np.abs(rec[:n] - planned[:n]), initial=0))
-            if rec.size > planned.size or worst > ANGLE_TOLERANCE_DEG:
+            if rec.size > planned.size or worst > angle_tolerance_deg:
                 self.abort("recorded angles differ from the planned ones")
                 raise AnglesDiffer(
                     f"{self.spec.label}: the recorded angles differ from the planned ones "
                     f"({rec.size} recorded, {planned.size} planned, up to {worst:.3g} degrees "
-                    f"apart; tolerance {ANGLE_TOLERANCE_DEG})")
+                    f"apart; tolerance {angle_tolerance_deg}, config.yaml "
+                    "stream.angle_tolerance_deg)")
         deadline = time.monotonic() + timeout_s
         results = [f.result(timeout=max(0.0, deadline - time.monotonic())) for f in self.futures]
         missing = [s for s in self.blocks if not publish.slab_done(self.pub.partial, s)]
@@ -481,7 +484,9 @@ class StreamRun:
         partial_fraction = int(n_frames) < planned.size
         publish.finish(self.pub, {"timings": timings, "finished": _dt.datetime.now(
             _dt.UTC).isoformat(timespec="seconds"), "frames": int(n_frames),
-            "partial_scan": partial_fraction, "center": self.center})
+            "partial_scan": partial_fraction, "center": self.center,
+            "recorded_angles": {"max_difference_deg": worst,
+                                "tolerance_deg": angle_tolerance_deg}})
         summary = live_views.update_live_attrs(self.live, {"state": "published",
                                                            "updated": time.time(),
                                                            "volume": str(self.out)})
