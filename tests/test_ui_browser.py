@@ -95,8 +95,9 @@ def test_flow_run_page_shows_the_run(e2_services, live_run):  # noqa: F811
         assert "Completed" in text and NO_API not in text
         assert "live-run" in text  # the flow's name
 
-        page.click_text("Task Runs")
-        page.wait_for("document.body.innerText.includes('reconstruct') && "
+        page.click_text("Task Runs")  # streamed, or (stopped before it could) at the stop
+        page.wait_for("(document.body.innerText.includes('stream-run') || "
+                      "document.body.innerText.includes('reconstruct')) && "
                       "document.body.innerText.includes('publish')", 60, what="the task runs")
 
         page.click_text("Artifacts")
