@@ -36,7 +36,8 @@ def stream_scan(ctx: RunContext, uid: str, *, params: dict | None = None,
     figures = {"stream_last_batch_s": timings["last_batch_s"],
                "stream_publish_s": timings["publish_s"],
                "stream_batches": timings["batches"],
-               "stream_largest_batch": timings["largest_batch"]}
+               "stream_largest_batch": timings["largest_batch"],
+               **{k: result[k] for k in ("center_all_frames", "center_off_px") if k in result}}
     published = publish(ctx, uid, result.get("plan_name"), result, recon, figures)
     return {**published, "live_path": result["live_path"],
             **results_back(ctx, published["output"], uid)}, None

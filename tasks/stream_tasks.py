@@ -34,12 +34,12 @@ from tomopipe.tasks.recon.params import ReconParams
 from tomopipe.tasks.run_tasks import RunFailed, ensure_succeeded
 
 from tomopipe.context import RunContext
-from tomopipe.errors import InputError, PlanError
+from tomopipe.errors import InputError, PlanError, TomopipeError
 
 MIN_PNG_PX = 256
 # the layout of a run waiting for its first projection is read at most this often: each look
-# is 4-5 catalog requests (tens of ms of the catalog's CPU each), and the bridge sends frames
-# to the catalog once a second (deployments/bridge.py FLUSH_EVERY_S)
+# is 4-5 catalog requests (tens of ms of the catalog's CPU each); the bridge sends a stream's
+# first frame to the catalog at once, the rest once a second (deployments/bridge.py)
 LAYOUT_EVERY_S = 0.5
 
 
@@ -220,12 +220,35 @@ def stream_run(uid: str, ctx: RunContext, params: ReconParams, out: str, *,
         except BaseException as exc:
             run.abort(str(exc) or type(exc).__name__)
             raise
+    if center_given is None:  # after the publish: it takes a centre search over the scan
+        _check_center(result, spec, params, planned, n_frames, uid)
     update_progress_artifact(artifact, 100.0, description=(
         f"published {result['output']}: {result['timings']['n_frames']} frames, last batch "
         f"and publish {result['timings']['last_batch_s'] + result['timings']['publish_s']:.2f}"
         " s after the stop reached the flow"))
     return {**result, "streamed": True, "live_path": str(run.live),
             "plan_name": start.get("plan_name")}
+
+
+def _check_center(result: dict, spec, params, planned, n_frames: int, uid: str) -> None:
+    """Add the centre all frames give to ``result``, and say when the streamed volume's is
+    farther from it than CENTER_WARN_PX (the volume stays: reconstruct it again to change)."""
+    from tomopipe.tasks.recon import streaming
+
+    log = get_run_logger()
+    try:
+        result.update(streaming.center_from_all_frames(spec, params, planned, n_frames,
+                                                       result["center"]))
+    except (TomopipeError, OSError) as exc:
+        log.warning("run %s: the centre of all frames could not be found to check the "
+                    "streamed one: %s", uid, exc)
+        return
+    if result["center_off_px"] > streaming.CENTER_WARN_PX:
+        log.warning("run %s: streamed with centre %.2f, %.2f px from the %.2f all %d frames "
+                    "give; the single-run deployment (uid, params {\"center\": %.2f}) "
+                    "reconstructs it again with that one", uid,
+                    result["center"], result["center_off_px"], result["center_all_frames"],
+                    n_frames, result["center_all_frames"])
 
 
 def _recenter(run, center: dict, uid: str) -> None:

@@ -527,6 +527,11 @@ def test_live_flow_streams_a_golden_scan_and_runs_json_shows_it(services, servic
     out = Path(row["output"])
     assert row["state"] == "completed" and is_complete(out)
     assert read_provenance(out)["extra"]["streamed"] is True
+    # the centre all frames give, beside the streamed one, in the run's figures
+    details = row["details"]
+    assert abs(details["center_all_frames"] - details["center"]) == \
+        pytest.approx(details["center_off_px"], abs=1e-3)
+    assert details["center_off_px"] < 0.5, details
     # scripts saw the live reconstruction grow while the scan ran
     assert live_seen, "no live record while the run was running"
     assert all(0 <= s["fraction"] <= 1 and s["path"] == str(live_path(out)) for s in live_seen)

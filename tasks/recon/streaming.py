@@ -47,6 +47,9 @@ CENTER_COVER_FACTOR = 2
 # again from the first frame): about the finder's own precision (288 golden frames: within
 # 0.04 px of the whole scan's centre), and a blur no one can see.
 CENTER_KEEP_PX = 0.05
+# A streamed volume whose centre is farther than this from the one all frames give is flagged
+# (logged, and in the run's figures): about where the blur of a centre error starts to show.
+CENTER_WARN_PX = 0.25
 
 
 class StreamDiscarded(TomopipeError):
@@ -562,6 +565,15 @@ def provisional_center(spec: ScanSpec, tomo: dict | None) -> dict:
     else:
         value, method = spec.n_cols / 2, "the detector's middle"
     return {"value": value, "method": method, "confidence": 0.0, "provisional": True}
+
+
+def center_from_all_frames(spec: ScanSpec, params: ReconParams, planned_deg, n_frames: int,
+                           streamed: float) -> dict:
+    """The centre all ``n_frames`` give (what a reconstruction at the stop would take) beside
+    the one the stream used: ``center_all_frames`` and ``center_off_px``."""
+    found = early_center(spec, params, planned_deg, n_frames, require_cover=False)
+    return {"center_all_frames": float(found["value"]),
+            "center_off_px": abs(float(found["value"]) - float(streamed))}
 
 
 def early_center(spec: ScanSpec, params: ReconParams, planned_deg, n_landed: int, *,
