@@ -244,8 +244,8 @@ def _check_center(result: dict, spec, params, planned, n_frames: int, uid: str) 
                     "streamed one: %s", uid, exc)
         return
     if result["center_off_px"] > streaming.CENTER_WARN_PX:
-        log.warning("run %s: streamed with centre %.2f, %.2f px from the %.2f all %d frames "
-                    "give; the single-run deployment (uid, params {\"center\": %.2f}) "
+        log.warning("run %s: streamed with centre %.2f, %.2f px from %.2f, the centre of all "
+                    "%d frames; the single-run deployment (uid, params {\"center\": %.2f}) "
                     "reconstructs it again with that one", uid,
                     result["center"], result["center_off_px"], result["center_all_frames"],
                     n_frames, result["center_all_frames"])
