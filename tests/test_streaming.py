@@ -272,6 +272,28 @@ def test_a_full_turn_whose_centre_is_found_off_centre_is_discarded(tmp_path):
     assert not run.live.exists() and not run.pub.partial.exists()
 
 
+def test_the_centre_of_all_frames_is_put_beside_the_streamed_one(tmp_path):
+    """After the publish the flow adds the centre all frames give and how far the streamed
+    one was (a streamed centre 1 px off is beyond CENTER_WARN_PX, which the flow logs)."""
+    from prefect.logging import disable_run_logger
+    from tomopipe.tasks.recon.streaming import CENTER_WARN_PX
+    from tomopipe.tasks.stream_tasks import _check_center
+
+    size = 64
+    settings, docs, thread, errors, _, start, planned = scan_in_progress(
+        tmp_path, size=size, rows=8, n_angles=240, fps=400)
+    thread.join()
+    assert not errors
+    spec = scan_from_documents(docs.items, settings.data_roots)
+    result = {"center": size / 2 + 1.0}
+    with disable_run_logger():
+        _check_center(result, spec, ReconParams(), planned, spec.n_angles, "r")
+    assert abs(result["center_all_frames"] - size / 2) < 0.5
+    assert result["center_off_px"] == pytest.approx(abs(result["center_all_frames"] - size / 2
+                                                        - 1.0))
+    assert result["center_off_px"] > CENTER_WARN_PX
+
+
 def test_a_stream_still_at_its_provisional_centre_is_not_published(tmp_path, dask_client):
     size, rows, n_angles = 32, 4, 60
     _, _, thread, errors, spec, start, planned = scan_in_progress(
