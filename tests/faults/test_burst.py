@@ -36,9 +36,11 @@ def test_burst_of_scans_and_concurrent_publishers_each_reconstructed_once(
     uids = [uid for uid, _ in back_to_back + at_once]
     settled(state, uids, 1000)
 
-    per_run = {uid: sorted(fr["state_type"] for fr in flow_runs(state, LIVE, uid))
-               for uid in uids}
-    assert all(states == ["COMPLETED"] for states in per_run.values()), per_run
+    per_run = {uid: sorted((fr["state_type"], (fr.get("state") or {}).get("message"))
+                           for fr in flow_runs(state, LIVE, uid)) for uid in uids}
+    not_once = {uid: runs for uid, runs in per_run.items()
+                if [state for state, _ in runs] != ["COMPLETED"]}
+    assert not not_once, not_once  # each run's flow runs: (state, message)
     results = results_table.read_all(home)
     assert all(results[uid]["state"] == "completed" for uid in uids)
     outputs = {results[uid]["output"] for uid in uids}
