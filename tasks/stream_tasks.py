@@ -220,8 +220,8 @@ def stream_run(uid: str, ctx: RunContext, params: ReconParams, out: str, *,
         except BaseException as exc:
             run.abort(str(exc) or type(exc).__name__)
             raise
-    if center_given is None:  # after the publish: it takes a centre search over the scan
-        _check_center(result, spec, params, planned, n_frames, uid)
+    if center_given is None:  # after the publish: it may take a centre search over the scan
+        _check_center(result, run, params, planned, n_frames, uid)
     update_progress_artifact(artifact, 100.0, description=(
         f"published {result['output']}: {result['timings']['n_frames']} frames, last batch "
         f"and publish {result['timings']['last_batch_s'] + result['timings']['publish_s']:.2f}"
@@ -230,19 +230,25 @@ def stream_run(uid: str, ctx: RunContext, params: ReconParams, out: str, *,
             "plan_name": start.get("plan_name")}
 
 
-def _check_center(result: dict, spec, params, planned, n_frames: int, uid: str) -> None:
-    """Add the centre all frames give to ``result``, and say when the streamed volume's is
-    farther from it than CENTER_WARN_PX (the volume stays: reconstruct it again to change)."""
+def _check_center(result: dict, run, params, planned, n_frames: int, uid: str) -> None:
+    """Add the centre all frames give to ``result`` (the one found, when it was found from all
+    of them; else a search over the scan) and how far the streamed one is from it
+    (``center_all_frames``, ``center_off_px``), and say when that is more than CENTER_WARN_PX
+    (the volume stays: reconstruct it again to change it)."""
     from tomopipe.tasks.recon import streaming
 
     log = get_run_logger()
-    try:
-        result.update(streaming.center_from_all_frames(spec, params, planned, n_frames,
-                                                       result["center"]))
-    except (TomopipeError, OSError) as exc:
-        log.warning("run %s: the centre of all frames could not be found to check the "
-                    "streamed one: %s", uid, exc)
-        return
+    found = run.found
+    if not found or found.get("frames") != n_frames:
+        try:
+            found = streaming.early_center(run.spec, params, planned, n_frames,
+                                           require_cover=False)
+        except (TomopipeError, OSError) as exc:
+            log.warning("run %s: the centre of all frames could not be found to check the "
+                        "streamed one: %s", uid, exc)
+            return
+    result["center_all_frames"] = float(found["value"])
+    result["center_off_px"] = abs(float(found["value"]) - float(result["center"]))
     if result["center_off_px"] > streaming.CENTER_WARN_PX:
         log.warning("run %s: streamed with centre %.2f, %.2f px from %.2f, the centre of all "
                     "%d frames; the single-run deployment (uid, params {\"center\": %.2f}) "
@@ -268,16 +274,16 @@ def _follow(run, catalog, uid, ctx, artifact, poll_s, ui_every_s, idle_timeout_s
     from tomopipe.tasks.recon import streaming
     from tomopipe.tasks.storage.live_views import read_views
 
-    last_ui, last_change, last_in = 0.0, time.monotonic(), -1
+    last_ui, last_change, last_in, looked_at = 0.0, time.monotonic(), -1, -1
     key = _artifact_key(uid)
     while True:
         stop = _stopped(catalog, uid)  # the stop first: then only the last batch and publish
         if stop:
             return stop
         live = run.poll()
-        if run.center.get("provisional"):
-            found = streaming.early_center(run.spec, run.params, planned,
-                                           live["frames_landed"])
+        if run.center.get("provisional") and live["frames_landed"] != looked_at:
+            looked_at = live["frames_landed"]  # a search reads the frames: only on new ones
+            found = streaming.early_center(run.spec, run.params, planned, looked_at)
             if found is not None:
                 _recenter(run, found, uid)
         now = time.monotonic()

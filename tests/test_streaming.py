@@ -274,7 +274,10 @@ def test_a_full_turn_whose_centre_is_found_off_centre_is_discarded(tmp_path):
 
 def test_the_centre_of_all_frames_is_put_beside_the_streamed_one(tmp_path):
     """After the publish the flow adds the centre all frames give and how far the streamed
-    one was (a streamed centre 1 px off is beyond CENTER_WARN_PX, which the flow logs)."""
+    one was (a streamed centre 1 px off is beyond CENTER_WARN_PX, which the flow logs); a
+    centre found from all frames already is taken as it is, without a second search."""
+    import types
+
     from prefect.logging import disable_run_logger
     from tomopipe.tasks.recon.streaming import CENTER_WARN_PX
     from tomopipe.tasks.stream_tasks import _check_center
@@ -286,12 +289,20 @@ def test_the_centre_of_all_frames_is_put_beside_the_streamed_one(tmp_path):
     assert not errors
     spec = scan_from_documents(docs.items, settings.data_roots)
     result = {"center": size / 2 + 1.0}
+    early = early_center(spec, ReconParams(), planned, 120)  # found from half the frames
     with disable_run_logger():
-        _check_center(result, spec, ReconParams(), planned, spec.n_angles, "r")
+        _check_center(result, types.SimpleNamespace(spec=spec, found=early), ReconParams(),
+                      planned, spec.n_angles, "r")
     assert abs(result["center_all_frames"] - size / 2) < 0.5
     assert result["center_off_px"] == pytest.approx(abs(result["center_all_frames"] - size / 2
                                                         - 1.0))
     assert result["center_off_px"] > CENTER_WARN_PX
+    from_all = {"value": size / 2 + 0.1, "frames": spec.n_angles}  # as a search of all gives
+    with disable_run_logger():
+        _check_center(result, types.SimpleNamespace(spec=spec, found=from_all), ReconParams(),
+                      planned, spec.n_angles, "r")
+    assert result["center_all_frames"] == size / 2 + 0.1  # taken, not searched again
+    assert result["center_off_px"] == pytest.approx(0.9)
 
 
 def test_a_stream_still_at_its_provisional_centre_is_not_published(tmp_path, dask_client):

@@ -337,6 +337,7 @@ class StreamRun:
     started: float = field(default_factory=time.time)
     history: list = field(default_factory=list)
     stopped_at: float | None = None  # perf_counter of the stop request
+    found: dict | None = None  # the centre found, as found (``recenter``), when there is one
 
     @classmethod
     def begin(cls, client, spec: ScanSpec, params: ReconParams, out: str | Path, *,
@@ -424,7 +425,7 @@ class StreamRun:
         and the volume (and its provenance) is the provisional centre's. A centre that makes
         the run unfit to stream (a 360-degree scan with its axis off-centre, which is stitched)
         stops the blocks, removes the partial, and raises StreamDiscarded."""
-        was = self.center
+        was, self.found = self.center, center
         reason = stream_refusal(self.params, self.spec, self.planned, center["value"])
         if reason:  # a 360-degree scan whose axis turns out off-centre: stitched at the stop
             self.abort(reason)
@@ -555,9 +556,9 @@ def frames_to_cover(angles_deg) -> int | None:
 def provisional_center(spec: ScanSpec, tomo: dict | None) -> dict:
     """Where the live views start while the centre is not found yet: at the rotation axis the
     run's start document names (``tomo.center``: the beamline's calibration), else at the
-    detector's middle (the centre finder's own default). Once it is found the blocks start
-    again from the first frame with it (``StreamRun.recenter``): only the views shown before
-    are at this one."""
+    detector's middle (the centre finder's own default). Once it is found, the blocks go on
+    when it is within CENTER_KEEP_PX, else start again from the first frame with it
+    (``StreamRun.recenter``)."""
     given = (tomo or {}).get("center")
     if isinstance(given, int | float) and not isinstance(given, bool) and \
             math.isfinite(given) and 0 <= given < spec.n_cols:
@@ -565,15 +566,6 @@ def provisional_center(spec: ScanSpec, tomo: dict | None) -> dict:
     else:
         value, method = spec.n_cols / 2, "the detector's middle"
     return {"value": value, "method": method, "confidence": 0.0, "provisional": True}
-
-
-def center_from_all_frames(spec: ScanSpec, params: ReconParams, planned_deg, n_frames: int,
-                           streamed: float) -> dict:
-    """The centre all ``n_frames`` give (what a reconstruction at the stop would take) beside
-    the one the stream used: ``center_all_frames`` and ``center_off_px``."""
-    found = early_center(spec, params, planned_deg, n_frames, require_cover=False)
-    return {"center_all_frames": float(found["value"]),
-            "center_off_px": abs(float(found["value"]) - float(streamed))}
 
 
 def early_center(spec: ScanSpec, params: ReconParams, planned_deg, n_landed: int, *,
@@ -607,4 +599,5 @@ def early_center(spec: ScanSpec, params: ReconParams, planned_deg, n_landed: int
     if require_cover and not found.get("confidence"):
         return None  # covered with gaps no estimator can use yet (no pair 180 degrees apart)
     found["method"] = f"{found['method']} (first {n_landed} frames)"
+    found["frames"] = n_landed
     return found
