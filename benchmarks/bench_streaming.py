@@ -56,7 +56,7 @@ def measure(home: Path, state: dict, *, size: int, rows: int, angles: int, fps: 
             order: str, timeout: float = 900.0) -> dict:
     from tomopipe.infra.simulator.run import simulate
     from tomopipe.tasks import results_table
-    from tomopipe.tasks.recon_tasks import recon_params
+    from tomopipe.tasks.recon.params import recon_params
     from tomopipe.tasks.storage.live_views import live_path, read_block_status, read_live_attrs
     from tomopipe.tasks.storage.location import volume_location
     from tomopipe.tasks.storage.omezarr import is_complete, read_provenance
@@ -189,7 +189,7 @@ def at_stop_peer(home: Path, state: dict, uid: str) -> float:
 
     from tomopipe.tasks.catalog import catalog_for, run_documents
     from tomopipe.tasks.recon.engine import reconstruct
-    from tomopipe.tasks.recon_tasks import recon_params
+    from tomopipe.tasks.recon.params import recon_params
     from tomopipe.tasks.sources.bluesky_run import scan_from_documents
 
     from tomopipe.context import run_context

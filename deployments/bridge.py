@@ -300,36 +300,35 @@ class Bridge:
 # -- the process -------------------------------------------------------------------------------
 def build(home: Path, *, writer_on: bool = True, kafka: dict | None = None):
     """(bridge, subscriber, catalog) for the services of ``home``."""
-    from tomopipe.deployments.bus import (
-        PICKLE_WARNING,
-        KafkaSubscriber,
-        ZmqSubscriber,
-    )
+    from tomopipe.deployments.bus import KafkaSubscriber
     from tomopipe.deployments.catalog_writer import CatalogWriter, NullWriter
     from tomopipe.deployments.events import PrefectEmitter
-    from tomopipe.infra.state import read_services
     from tomopipe.tasks.catalog import catalog_for
 
     from tomopipe.context import run_context
 
     ctx = run_context(home)
     settings = ctx.settings
-    state = read_services(home) or {}
     catalog = catalog_for(ctx)
     writer = CatalogWriter(catalog) if writer_on else NullWriter()
     state_dir = Path(home) / "bridge"
     bridge = Bridge(writer, PrefectEmitter(), Ledger(state_dir / "ledger.sqlite"),
                     Journal(state_dir / "journal"), beamline=settings.beamline,
                     tomo_plans=settings.tomo_plans)
-    if kafka:
-        subscriber = KafkaSubscriber(**kafka)
-    else:
-        # config.yaml's bus.serializer; a state file from the production bootstrap may name one
-        kind = state.get("zmq_serializer") or settings.bus.serializer
-        if kind == "pickle":
-            log.warning(PICKLE_WARNING)
-        subscriber = ZmqSubscriber(ctx.address("zmq_out"), kind)
+    subscriber = KafkaSubscriber(**kafka) if kafka else zmq_subscriber(ctx)
     return bridge, subscriber, catalog
+
+
+def zmq_subscriber(ctx):
+    """A subscriber to the services' 0MQ bus, with its serializer."""
+    from tomopipe.deployments.bus import PICKLE_WARNING, ZmqSubscriber
+    from tomopipe.infra.state import read_services
+
+    # config.yaml's bus.serializer; a state file from the production bootstrap may name one
+    kind = (read_services(ctx.home) or {}).get("zmq_serializer") or ctx.settings.bus.serializer
+    if kind == "pickle":
+        log.warning(PICKLE_WARNING)
+    return ZmqSubscriber(ctx.address("zmq_out"), kind)
 
 
 def main(argv: list[str] | None = None) -> int:

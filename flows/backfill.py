@@ -15,7 +15,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 from tomopipe.flows.pipeline import reconstruct_scan, record_unexpected
 from tomopipe.tasks import results_table
-from tomopipe.tasks.recon_tasks import recon_params, record_state
+from tomopipe.tasks.recon.params import recon_params
+from tomopipe.tasks.recon_tasks import record_state
 from tomopipe.tasks.run_tasks import find_runs, resolve_run
 from tomopipe.tasks.storage.location import volume_location
 from tomopipe.tasks.storage.omezarr import is_complete

@@ -11,7 +11,8 @@ import time
 
 from prefect import get_run_logger
 from prefect.states import Failed
-from tomopipe.tasks.recon_tasks import publish, recon_params, reconstruct_volume, record_state
+from tomopipe.tasks.recon.params import recon_params
+from tomopipe.tasks.recon_tasks import publish, reconstruct_volume, record_state
 from tomopipe.tasks.run_tasks import stage
 from tomopipe.tasks.sources.spec import ScanSpec
 from tomopipe.tasks.storage.location import volume_location

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from prefect import flow
 from tomopipe.flows.pipeline import fail, reconstruct_scan, record_unexpected
-from tomopipe.tasks.recon_tasks import recon_params
+from tomopipe.tasks.recon.params import recon_params
 from tomopipe.tasks.run_tasks import resolve_file, resolve_run
 
 from tomopipe.context import run_context

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from prefect import get_run_logger
 from tomopipe.flows.pipeline import default_compute, results_back
-from tomopipe.tasks.recon_tasks import publish, recon_params
+from tomopipe.tasks.recon.params import recon_params
+from tomopipe.tasks.recon_tasks import publish
 from tomopipe.tasks.storage.location import volume_location
 from tomopipe.tasks.stream_tasks import stream_run
 
@@ -37,6 +38,8 @@ def stream_scan(ctx: RunContext, uid: str, *, params: dict | None = None,
                "stream_publish_s": timings["publish_s"],
                "stream_batches": timings["batches"],
                "stream_largest_batch": timings["largest_batch"],
+               "stream_started_by": result["started_by"],
+               "stream_began_after_start_s": round(result["began_after_start_s"], 3),
                **{k: result[k] for k in ("center_all_frames", "center_off_px") if k in result}}
     published = publish(ctx, uid, result.get("plan_name"), result, recon, figures)
     return {**published, "live_path": result["live_path"],

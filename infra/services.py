@@ -62,7 +62,7 @@ from tomopipe.errors import ConfigError, ServiceError
 WORK_POOL = "tomopipe"
 SERIALIZER = "msgpack"  # the default of config.yaml's bus.serializer
 # Start order; down stops them in reverse.
-CORE_SERVICES = ("prefect", "dask", "worker", "zmq_proxy", "tiled", "bridge")
+CORE_SERVICES = ("prefect", "dask", "worker", "zmq_proxy", "tiled", "bridge", "stream_starter")
 QUEUE_SERVICES = ("redis", "queue")  # with --with-queue
 SERVICES = CORE_SERVICES + QUEUE_SERVICES
 STARTING_FILE = "services.starting.json"  # pids of an `up` in progress
@@ -168,6 +168,7 @@ def _checks(state: dict) -> dict[str, Callable[[], bool]]:
         and processes.tcp_listening(state["zmq_out"]),
         "tiled": lambda: running("tiled") and tiled_server.healthy(state["tiled"]),
         "bridge": lambda: running("bridge"),
+        "stream_starter": lambda: running("stream_starter"),
         "dask": lambda: running("dask") and dask_service.healthy(state),
         "redis": lambda: running("redis") and redis_server.healthy(state["redis"]),
         "queue": lambda: running("queue") and queue_server.healthy(state["queue_control"]),
@@ -428,8 +429,15 @@ def _up(settings: Settings, home: Path, *, ports: Ports | None, timeout: float, 
             run.start("bridge", [sys.executable, "-m", "tomopipe.deployments.bridge",
                                  "--home", str(home)],
                       env, cwd=home)
+            if state.get("dask_scheduler") and not state.get("dask_adaptive"):
+                # starts a run's blocks at its first frame, before its live flow runs
+                run.start("stream_starter", [sys.executable, "-m",
+                                             "tomopipe.deployments.stream_starter",
+                                             "--home", str(home)], env, cwd=home)
             _wait_stays_up(run, "bridge", seconds=2.0)
             timings["bridge"] = time.monotonic() - t0
+            if "stream_starter" in run.procs:
+                _wait_stays_up(run, "stream_starter", seconds=0.5)
         state.update(pids=run.pids(), started=run.started(),
                      logs={k: str(v) for k, v in run.logs.items()})
         write_services(home, _processes(state))

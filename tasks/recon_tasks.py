@@ -8,7 +8,6 @@ link to the volume) and records it (``tasks.results_table``). Where a volume goe
 from __future__ import annotations
 
 import base64
-import dataclasses
 import time
 from pathlib import Path
 
@@ -28,22 +27,7 @@ from tomopipe.tasks.recon.params import ReconParams
 from tomopipe.tasks.run_tasks import RETRY
 from tomopipe.tasks.sources.spec import ScanSpec
 
-from tomopipe.config import Settings
 from tomopipe.context import RunContext
-from tomopipe.errors import ConfigError
-
-
-def recon_params(settings: Settings, overrides: dict | None = None) -> ReconParams:
-    """ReconParams from the home's defaults (settings.recon) and the flow's overrides."""
-    fields = {f.name for f in dataclasses.fields(ReconParams)}
-    given = {**settings.recon, **{k: v for k, v in (overrides or {}).items() if v is not None}}
-    unknown = set(given) - fields
-    if unknown:
-        raise ConfigError(f"reconstruction parameters {sorted(unknown)} are not known; "
-                          f"known: {sorted(fields)}")
-    if isinstance(given.get("rows"), list):
-        given["rows"] = tuple(given["rows"])
-    return ReconParams(**given)
 
 
 @task(name="reconstruct", **RETRY)

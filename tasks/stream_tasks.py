@@ -34,7 +34,7 @@ from tomopipe.tasks.recon.params import ReconParams
 from tomopipe.tasks.run_tasks import RunFailed, ensure_succeeded
 
 from tomopipe.context import RunContext
-from tomopipe.errors import InputError, PlanError, TomopipeError
+from tomopipe.errors import InputError, TomopipeError
 
 MIN_PNG_PX = 256
 # the layout of a run waiting for its first projection is read at most this often: each look
@@ -134,6 +134,20 @@ def _recorded_angles(catalog, uid: str, ctx: RunContext, poll_s: float, timeout_
     return scan_from_documents(docs, ctx.data_roots, tomo_plans=ctx.tomo_plans).angles_deg
 
 
+def _start_document(catalog, uid: str, poll_s: float, timeout_s: float) -> dict:
+    """The run's start document, once the catalog has it (the bridge writes it before the
+    event that starts this flow; a restarted bridge rewrites the run)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return run_metadata(catalog[uid])[0]
+        except KeyError:
+            if time.monotonic() > deadline:
+                raise RunFailed(f"run {uid}: not in the catalog within {timeout_s:.0f} s") \
+                    from None
+            time.sleep(poll_s)
+
+
 @task(name="stream-run", cache_policy=NO_CACHE)
 def stream_run(uid: str, ctx: RunContext, params: ReconParams, out: str, *,
                workers: int | None = None, scheduler: str | None = None,
@@ -141,93 +155,97 @@ def stream_run(uid: str, ctx: RunContext, params: ReconParams, out: str, *,
                idle_timeout_s: float = 600.0, ui_every_s: float = 1.0) -> dict:
     """Stream run ``uid`` into ``out``. Returns ``{"streamed": False, "reason": ...}`` when it
     cannot (the flow then reconstructs at the stop), else the published volume's result with
-    ``streamed: True``. Raises RunFailed when the run ends other than successfully."""
-    import numpy as np
-    from tomopipe.infra import scaling
+    ``streamed: True``. Raises RunFailed when the run ends other than successfully.
+
+    On the home's standing cluster the stream starter (``deployments/stream_starter.py``) has
+    usually started the blocks at the run's first frame already: the flow adopts them when
+    they were started as it would start them (``tasks.recon.stream_start``)."""
     from tomopipe.infra.cluster import dask_client
-    from tomopipe.tasks.recon import streaming
-    from tomopipe.tasks.recon.engine import _budget
-    from tomopipe.tasks.recon_tasks import record_state
-    from tomopipe.tasks.sources.angle_plan import planned_angles_deg
+    from tomopipe.tasks.recon import stream_start
     from tomopipe.tasks.transfer.sites import load_transfer_config
 
-    log = get_run_logger()
-    if load_transfer_config(ctx.settings).transfer.destination:
-        return {"streamed": False, "reason": "the data are moved before reconstruction "
-                "(transfer.destination): reconstructed at the stop"}
-    catalog = catalog_for(ctx)
-    start, stop, spec = _wait_for_projections(catalog, uid, ctx, poll_s, idle_timeout_s)
-    if spec is None:
-        return {"streamed": False, "reason": "the run stopped before its first projection",
-                "stop": stop}
-    planned = planned_angles_deg(start.get("tomo"))
-    center_given = None if params.center == "auto" else float(params.center)
-    # with "auto" the views start at a provisional centre; the blocks start again once found
-    center = streaming.provisional_center(spec, start.get("tomo")) if center_given is None \
-        else None
-    reason = streaming.stream_refusal(params, spec, planned, center_given
-                                      if center is None else center["value"])
+    reason = stream_start.moved_refusal(
+        bool(load_transfer_config(ctx.settings).transfer.destination))
     if reason:
-        log.info("run %s is reconstructed at the stop: %s", uid, reason)
         return {"streamed": False, "reason": reason}
-
+    standing = bool(ctx.running and scheduler and scheduler == ctx.services.dask_scheduler)
+    terms = stream_start.Terms(params, str(out), positions)
+    catalog = catalog_for(ctx)
     with dask_client(scheduler=scheduler, workers=workers) as client:
-        reason = streaming.cluster_refusal(scaling.bounds(client))
-        if reason:
-            log.info("run %s is reconstructed at the stop: %s", uid, reason)
-            return {"streamed": False, "reason": reason}
-        n_workers, budget = _budget(client, None)
-        rows = (params.rows[1] - params.rows[0]) if params.rows else spec.n_rows
         try:
-            splan = streaming.plan_stream(
-                rows, spec.n_cols, n_workers=n_workers, memory_budget=budget,
-                raw_itemsize=np.dtype(spec.dtype).itemsize,
-                n_flats_darks=sum(len(fs.indices or ()) for fs in spec.flats + spec.darks))
-        except PlanError as exc:
-            log.warning("run %s is reconstructed at the stop: %s", uid, exc)
-            return {"streamed": False, "reason": str(exc)}
+            return _stream(client, catalog, uid, ctx, terms, standing=standing, poll_s=poll_s,
+                           idle_timeout_s=idle_timeout_s, ui_every_s=ui_every_s)
+        finally:
+            if standing:
+                stream_start.release(client, uid)
 
-        artifact = create_progress_artifact(0.0, key=None,
-                                            description=f"live reconstruction of run {uid}")
-        if center is None:
-            center = streaming.early_center(spec, params, planned, 0)  # the given one
-        log.info("run %s streams on %d workers in blocks of %d rows; centre %.2f (%s%s)", uid,
-                 len(splan.blocks), splan.chunk_plan.slab_rows, center["value"],
-                 center["method"], ", until the frames cover the half-turn to find it"
-                 if center.get("provisional") else "")
-        run = streaming.StreamRun.begin(client, spec, params, out, planned_deg=planned,
-                                        center=center, stream_plan=splan,
-                                        positions=positions,
-                                        extra_provenance={"run_uid": uid})
-        record_state(ctx, uid, "running", plan_name=start.get("plan_name"))
-        stop = None
-        try:
-            stop = _follow(run, catalog, uid, ctx, artifact, poll_s, ui_every_s,
-                           idle_timeout_s, planned)
-            ensure_succeeded(uid, stop)
-            # the camera has closed its file before the stop: every frame is on disk
-            n_frames = streaming.frames_on_disk(spec.projections[0])
-            if run.center.get("provisional"):  # stopped before covering the half-turn
-                _recenter(run, streaming.early_center(spec, params, planned, n_frames,
-                                                      require_cover=False), uid)
-            run.stop(n_frames)  # the blocks add the last frames while the events are read
-            recorded = _recorded_angles(catalog, uid, ctx, poll_s, idle_timeout_s)
-            result = run.finish(n_frames, recorded_deg=recorded,
-                                angle_tolerance_deg=ctx.settings.stream.angle_tolerance_deg)
-        except streaming.StreamDiscarded as exc:  # the blocks stopped, the partial removed
-            log.warning("run %s is reconstructed at the stop: %s", uid, exc)
-            return {"streamed": False, "reason": str(exc), "stop": stop}
-        except BaseException as exc:
-            run.abort(str(exc) or type(exc).__name__)
-            raise
-    if center_given is None:  # after the publish: it may take a centre search over the scan
+
+def _stream(client, catalog, uid: str, ctx: RunContext, terms, *, standing: bool,
+            poll_s: float, idle_timeout_s: float, ui_every_s: float) -> dict:
+    from tomopipe.tasks.recon import stream_start, streaming
+    from tomopipe.tasks.recon_tasks import record_state
+
+    log = get_run_logger()
+    params = terms.params
+    run, how = stream_start.claim(client, uid, terms, mark_own=False) if standing \
+        else (None, "")
+    if run is not None:
+        start = _start_document(catalog, uid, poll_s, idle_timeout_s)
+    else:
+        if how.startswith("aborted"):
+            log.info("run %s: %s", uid, how)
+        start, stop, spec = _wait_for_projections(catalog, uid, ctx, poll_s, idle_timeout_s)
+        if spec is None:
+            return {"streamed": False, "reason": "the run stopped before its first projection",
+                    "stop": stop}
+        if standing:  # the starter may have offered one meanwhile
+            run, how = stream_start.claim(client, uid, terms)
+            if run is None and how.startswith("aborted"):
+                log.info("run %s: %s", uid, how)
+        if run is None:
+            run, reason = stream_start.start_stream(client, spec, start, params, terms.out,
+                                                    positions=terms.positions,
+                                                    extra_provenance={"run_uid": uid})
+            if reason:
+                log.info("run %s is reconstructed at the stop: %s", uid, reason)
+                return {"streamed": False, "reason": reason}
+            how = "started by the flow"
+    adopted = how.startswith("adopted")
+    log.info("run %s streams in %s (%s)", uid, stream_start.describe(run), how)
+    artifact = create_progress_artifact(0.0, key=None,
+                                        description=f"live reconstruction of run {uid}")
+    record_state(ctx, uid, "running", plan_name=start.get("plan_name"))
+    planned, spec = run.planned, run.spec
+    stop = None
+    try:
+        stop = _follow(run, catalog, uid, ctx, artifact, poll_s, ui_every_s, idle_timeout_s,
+                       planned)
+        ensure_succeeded(uid, stop)
+        # the camera has closed its file before the stop: every frame is on disk
+        n_frames = streaming.frames_on_disk(spec.projections[0])
+        if run.center.get("provisional"):  # stopped before covering the half-turn
+            _recenter(run, streaming.early_center(spec, params, planned, n_frames,
+                                                  require_cover=False), uid)
+        run.stop(n_frames)  # the blocks add the last frames while the events are read
+        recorded = _recorded_angles(catalog, uid, ctx, poll_s, idle_timeout_s)
+        result = run.finish(n_frames, recorded_deg=recorded,
+                            angle_tolerance_deg=ctx.settings.stream.angle_tolerance_deg)
+    except streaming.StreamDiscarded as exc:  # the blocks stopped, the partial removed
+        log.warning("run %s is reconstructed at the stop: %s", uid, exc)
+        return {"streamed": False, "reason": str(exc), "stop": stop}
+    except BaseException as exc:
+        run.abort(str(exc) or type(exc).__name__)
+        raise
+    if params.center == "auto":  # after the publish: it may take a centre search over the scan
         _check_center(result, run, params, planned, n_frames, uid)
     update_progress_artifact(artifact, 100.0, description=(
         f"published {result['output']}: {result['timings']['n_frames']} frames, last batch "
         f"and publish {result['timings']['last_batch_s'] + result['timings']['publish_s']:.2f}"
         " s after the stop reached the flow"))
+    began = run.started - float(start.get("time", run.started))
     return {**result, "streamed": True, "live_path": str(run.live),
-            "plan_name": start.get("plan_name")}
+            "plan_name": start.get("plan_name"),
+            "started_by": "starter" if adopted else "flow", "began_after_start_s": began}
 
 
 def _check_center(result: dict, run, params, planned, n_frames: int, uid: str) -> None:

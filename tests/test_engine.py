@@ -167,7 +167,7 @@ def test_impossible_memory_budget_writes_nothing(scan, tmp_path):
     ({"flat_method": "max"}, "flat_method"), ({"rings": "wavelet"}, "rings")])
 def test_bad_parameters_are_refused_where_given(bad, field, tmp_path):
     """Before any output exists: the flows build ReconParams from config.yaml and parameters."""
-    from tomopipe.tasks.recon_tasks import recon_params
+    from tomopipe.tasks.recon.params import recon_params
 
     from tomopipe.config import load_settings
     from tomopipe.errors import ConfigError

@@ -20,7 +20,7 @@ import yaml
 from tomopipe.infra.cluster import cluster_config, parse_cluster_config, slurm_job_script
 from tomopipe.infra.production import bootstrap
 from tomopipe.infra.state import read_services
-from tomopipe.tasks.recon_tasks import recon_params
+from tomopipe.tasks.recon.params import recon_params
 from tomopipe.tasks.transfer.sites import load_transfer_config
 
 from tomopipe.config import load_settings

@@ -9,8 +9,7 @@ import pytest
 import zarr
 from tomopipe.infra.datasets import make_phantom_scan, write_dxchange
 from tomopipe.tasks.recon.engine import reconstruct
-from tomopipe.tasks.recon.params import LATER_FIELDS, ReconParams, output_key
-from tomopipe.tasks.recon_tasks import recon_params
+from tomopipe.tasks.recon.params import LATER_FIELDS, ReconParams, output_key, recon_params
 from tomopipe.tasks.sources import open_scan
 
 from tomopipe.config import load_settings

@@ -124,8 +124,8 @@ def test_a_service_that_dies_fails_up_naming_it_and_stops_the_rest(tmp_path, mon
     assert "tiled exited with status 3" in message
     assert str(tmp_path / "logs" / "tiled.log") in message and "tiled cannot start" in message
     assert time.monotonic() - t0 < 60
-    # all but the bridge, which starts last (and the queue, not asked for)
-    assert len(spawned) == len(svc.CORE_SERVICES) - 1
+    # all but the bridge and the stream starter, which start last (and the queue, not asked for)
+    assert len(spawned) == len(svc.CORE_SERVICES) - 2
     assert not any(processes.alive(p.pid) for p in spawned)
     assert read_services(tmp_path) is None
 

@@ -565,6 +565,10 @@ def test_live_flow_streams_a_golden_scan_and_runs_json_shows_it(services, servic
     assert abs(details["center_all_frames"] - details["center"]) == \
         pytest.approx(details["center_off_px"], abs=1e-3)
     assert details["center_off_px"] < 0.5, details
+    # the stream starter began the blocks at the first frame, before the flow ran; the flow
+    # adopted them
+    assert details["stream_started_by"] == "starter", details
+    assert details["stream_began_after_start_s"] > 0
     # scripts saw the live reconstruction grow while the scan ran
     assert live_seen, "no live record while the run was running"
     assert all(0 <= s["fraction"] <= 1 and s["path"] == str(live_path(out)) for s in live_seen)

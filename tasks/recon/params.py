@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import numbers
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from tomopipe.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tomopipe.config import Settings
 
 # The one list of each choice: the filters, stripe removal and normalisation import these.
 FILTERS = ("ramlak", "shepp", "cosine", "hann", "parzen")
@@ -131,3 +136,16 @@ def output_key(identity: str, params: ReconParams, code_version: str) -> str:
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def recon_params(settings: Settings, overrides: dict | None = None) -> ReconParams:
+    """ReconParams from the home's defaults (settings.recon) and the flow's overrides."""
+    fields = {f.name for f in dataclasses.fields(ReconParams)}
+    given = {**settings.recon, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    unknown = set(given) - fields
+    if unknown:
+        raise ConfigError(f"reconstruction parameters {sorted(unknown)} are not known; "
+                          f"known: {sorted(fields)}")
+    if isinstance(given.get("rows"), list):
+        given["rows"] = tuple(given["rows"])
+    return ReconParams(**given)
