@@ -149,10 +149,18 @@ def measure(home: Path, state: dict, *, size: int, rows: int, angles: int, fps: 
                                     if later.size else None),
         "first_live_update_after_start_s": (round(during[0][0] - float(marks["start"]), 2)
                                             if during else None),
+        # the workers' views in the live group (napari sees them) come before the flow's
+        # first update of its attributes and of the UI when the stream starter began the blocks
+        "first_block_views_after_start_s": (first_at(histories, None, float(marks["start"]))
+                                            if streamed else None),
+        "stream_started_by": (row.get("details") or {}).get("stream_started_by"),
+        "stream_began_after_start_s": (row.get("details") or {}).get(
+            "stream_began_after_start_s"),
         "latency_p95_found_center_s": (round(float(np.nanpercentile(lat_found, 95)), 3)
                                        if lat_found.size else None),
-        "first_view_found_center_after_start_s": first_at(histories, final_center,
-                                                          float(marks["start"])),
+        "first_view_found_center_after_start_s": (
+            first_at(histories, final_center, float(marks["start"]))
+            if final_center is not None else None),
         "max_lag": max((lag for _, lag in lags), default=None),
         "lag_last_half_max": max(half, default=None),
         "lag_bounded": bool(half) and max(half) <= max(fps, 1),
@@ -176,8 +184,8 @@ def latencies(written: dict, histories: list) -> np.ndarray:
 
 
 def first_at(histories: list, center, t0: float) -> float | None:
-    """When every block had shown a view at ``center``, after ``t0``."""
-    firsts = [h[h[:, 2] == center][:1, 0] for h in histories] if center is not None else []
+    """When every block had shown a view at ``center`` (None: at any centre), after ``t0``."""
+    firsts = [(h if center is None else h[h[:, 2] == center])[:1, 0] for h in histories]
     if not firsts or any(f.size == 0 for f in firsts):
         return None
     return round(float(max(f[0] for f in firsts)) - t0, 2)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from prefect import flow
 from tomopipe.flows.pipeline import fail, reconstruct_scan, record_unexpected
-from tomopipe.flows.stream import stream_scan
+from tomopipe.flows.stream import decline_offer, stream_scan
 from tomopipe.tasks.recon_tasks import record_state
 from tomopipe.tasks.run_tasks import RunFailed, ensure_succeeded, follow_run, resolve_run
 
@@ -30,7 +30,9 @@ def live_run(uid: str, params: dict | None = None, workers: int | None = None,
     record_state(ctx, uid, "waiting")
     try:
         stop = None
-        if stream:
+        if not stream:
+            decline_offer(ctx, uid, "the live flow was asked not to stream")
+        else:
             streamed, stop = stream_scan(ctx, uid, params=params, workers=workers,
                                          scheduler=scheduler, positions=live_positions,
                                          poll_s=poll_s, idle_timeout_s=idle_timeout_s)

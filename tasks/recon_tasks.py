@@ -73,7 +73,7 @@ def publish(ctx: RunContext, source: str, plan_name: str | None, result: dict,
         "center_confidence": result.get("center_confidence"), "backend": result["backend"],
         "shape": "x".join(str(s) for s in result["shape"]), "skipped": result.get("skipped"),
         "recon_s": round(result["seconds"], 3),
-        **{k: round(v, 3) for k, v in (timings or {}).items()},
+        **{k: round(v, 3) if isinstance(v, float) else v for k, v in (timings or {}).items()},
         **{f"param.{k}": v for k, v in params.to_dict().items()},
     }
     artifact_key = _artifact_key(source)
