@@ -188,3 +188,22 @@ def test_terms_name_what_differs(tmp_path):
     assert "rows" in a.differ(flow_terms(settings, "u1", rows=[0, 2]))
     assert "volume differs" in a.differ(dataclasses.replace(a, out="/elsewhere.zarr"))
     assert "planes" in a.differ(dataclasses.replace(a, positions={"z": 1, "y": 2, "x": 3}))
+
+
+def test_the_process_has_help_and_says_what_it_lacks(tmp_path):
+    """`python -m tomopipe.deployments.stream_starter` as `tomopipe up` runs it: --help, and a
+    home with no standing cluster gets one line naming the home and exit status 1."""
+    import os
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "tomopipe.deployments.stream_starter"]
+    shown = subprocess.run(argv + ["--help"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and "--grace" in shown.stdout and "first frame" in shown.stdout
+    home = tmp_path / "home"
+    home.mkdir()
+    bare = subprocess.run(argv + ["--home", str(home)], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "TOMOPIPE_HOME": str(home)})
+    assert bare.returncode == 1
+    lines = [line for line in bare.stderr.splitlines() if "ERROR" in line]
+    assert len(lines) == 1 and str(home) in lines[0] and "no standing Dask scheduler" in lines[0]
