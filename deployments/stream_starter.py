@@ -120,7 +120,12 @@ class Starter:
         for uid, run in list(self.runs.items()):
             if run.framed and not run.tried and run.stopped is None:
                 run.framed = False
-                self._try(uid, run)
+                try:
+                    self._try(uid, run)
+                except Exception as exc:  # one run's fault is not the starter's end
+                    run.tried = True
+                    log.warning("run %s: not started at its first frame (its flow will): %s: "
+                                "%s", uid, type(exc).__name__, exc)
             if run.stopped is not None and (not run.offered or now - run.stopped > self.grace_s):
                 if run.offered:
                     self._abandon(uid, f"no live flow took it within {self.grace_s:.0f} s of "

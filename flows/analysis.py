@@ -10,10 +10,10 @@ stop) on the home's document bus, so the bridge writes it into the same catalog 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
+from tomopipe.flows.pipeline import flow_context
 from tomopipe.tasks import results_table
 from tomopipe.tasks.analysis.prefect_tasks import analyze_volume, publish_analysis
 
-from tomopipe.context import run_context
 from tomopipe.errors import InputError
 
 FLOW_RUN_PREFIX = "prefect.flow-run."
@@ -36,7 +36,7 @@ def analyze_run(uid: str | None = None, flow_run_id: str | None = None,
                 home: str | None = None) -> dict:
     """Measure run ``uid``'s published volume (or that of the live flow run ``flow_run_id``)
     and publish the analysis run; returns the measurements with ``analysis_uid``."""
-    ctx = run_context(home)
+    ctx = flow_context(home)
     if not uid:
         if not flow_run_id:
             raise InputError("analysis", "give a run uid or a flow run id")

@@ -13,7 +13,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
-from tomopipe.flows.pipeline import reconstruct_scan, record_unexpected
+from tomopipe.flows.pipeline import flow_context, reconstruct_scan, record_unexpected
 from tomopipe.tasks import results_table
 from tomopipe.tasks.recon.params import recon_params
 from tomopipe.tasks.recon_tasks import record_state
@@ -21,7 +21,7 @@ from tomopipe.tasks.run_tasks import find_runs, resolve_run
 from tomopipe.tasks.storage.location import volume_location
 from tomopipe.tasks.storage.omezarr import is_complete
 
-from tomopipe.context import RunContext, run_context
+from tomopipe.context import RunContext
 from tomopipe.errors import InputError, TomopipeError
 
 BUSY_S = 3600.0  # a run marked waiting/running more recently than this is left alone
@@ -53,7 +53,7 @@ def backfill(plan: str | None = None, since: str | None = None, until: str | Non
     if concurrency < 1:
         raise InputError("concurrency", f"must be at least 1, got {concurrency}")
     log = get_run_logger()
-    ctx = run_context(home)
+    ctx = flow_context(home)
     recon = recon_params(ctx.settings, params)
     matched = find_runs(ctx, plan=plan, since=since, until=until, sample=sample)
     rows, todo = [], []

@@ -9,12 +9,11 @@ A run that aborts or fails ends this flow Failed with the run's reason, and make
 from __future__ import annotations
 
 from prefect import flow
-from tomopipe.flows.pipeline import fail, reconstruct_scan, record_unexpected
+from tomopipe.flows.pipeline import fail, flow_context, reconstruct_scan, record_unexpected
 from tomopipe.flows.stream import decline_offer, stream_scan
 from tomopipe.tasks.recon_tasks import record_state
 from tomopipe.tasks.run_tasks import RunFailed, ensure_succeeded, follow_run, resolve_run
 
-from tomopipe.context import run_context
 from tomopipe.errors import TomopipeError
 
 
@@ -25,7 +24,7 @@ def live_run(uid: str, params: dict | None = None, workers: int | None = None,
              live_positions: dict | None = None):
     """Stream run ``uid`` (``stream``; ``live_positions``: ``{z, y, x}`` planes of the live
     views, default the middle), else follow it to its stop document and reconstruct it."""
-    ctx = run_context(home)
+    ctx = flow_context(home)
     plan_name = None
     record_state(ctx, uid, "waiting")
     try:

@@ -17,8 +17,18 @@ from tomopipe.tasks.run_tasks import stage
 from tomopipe.tasks.sources.spec import ScanSpec
 from tomopipe.tasks.storage.location import volume_location
 
-from tomopipe.context import RunContext
+from tomopipe.context import RunContext, run_context
 from tomopipe.errors import TomopipeError
+
+# A flow run the worker takes while `tomopipe up` is still starting the services (the worker
+# starts early, and re-runs the runs a crash left) waits this long for them: up's own default
+UP_WAIT_S = 180.0
+
+
+def flow_context(home: str | None) -> RunContext:
+    """The run context of a flow run: ``run_context``, waiting for a ``tomopipe up`` that is
+    starting the services."""
+    return run_context(home, wait_for_up_s=UP_WAIT_S)
 
 
 def default_compute(ctx: RunContext, workers: int | None,

@@ -27,11 +27,10 @@ def retention_flow(site: str | None = None, dry_run: bool = False,
                    home: str | None = None) -> list[dict]:
     """Apply every configured retention policy (or one site's) and report what it did."""
     from prefect.artifacts import create_markdown_artifact
-
-    from tomopipe.context import run_context
+    from tomopipe.flows.pipeline import flow_context
 
     logger = get_run_logger()
-    settings = run_context(home).settings
+    settings = flow_context(home).settings
     cfg = load_transfer_config(settings)
     if site is not None and site not in cfg.retention:
         raise ConfigError(f"retention.{site}: no retention policy for this site "

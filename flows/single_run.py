@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow
-from tomopipe.flows.pipeline import fail, reconstruct_scan, record_unexpected
+from tomopipe.flows.pipeline import fail, flow_context, reconstruct_scan, record_unexpected
 from tomopipe.tasks.recon.params import recon_params
 from tomopipe.tasks.run_tasks import resolve_file, resolve_run
 
-from tomopipe.context import run_context
 from tomopipe.errors import InputError, TomopipeError
 
 
@@ -20,7 +19,7 @@ def single_run(uid: str | None = None, path: str | None = None, data_path: str |
     """Reconstruct the run ``uid`` from the catalog, or the file ``path``."""
     if bool(uid) == bool(path):
         raise InputError("single-run", "give exactly one of uid or path")
-    ctx = run_context(home)
+    ctx = flow_context(home)
     source = uid or str(Path(path).resolve())
     plan_name = None
     try:

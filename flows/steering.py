@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from prefect.input import RunInput
+from tomopipe.flows.pipeline import flow_context
 from tomopipe.tasks.analysis.decisions import Decision, align_decision
 from tomopipe.tasks.analysis.prefect_tasks import (
     publish_decision,
@@ -27,8 +28,6 @@ from tomopipe.tasks.analysis.prefect_tasks import (
     stop_scan,
     wait_for_analysis,
 )
-
-from tomopipe.context import run_context
 
 AGENT = "tomopipe align-and-zoom"
 AGENT_STOP = "tomopipe stop-when-good-enough"
@@ -51,7 +50,7 @@ def steer_align(quick_uid: str, scan: dict, home: str | None = None,
     """Align and zoom after the quick scan ``quick_uid``: ``scan`` holds the full scan's
     ``tomo_scan_sim`` parameters (angles, size, rows, ...). Returns the decision, the analysis
     and decision run uids and the queue item uids (empty when refused)."""
-    ctx = run_context(home)
+    ctx = flow_context(home)
     analysis_uid, found = wait_for_analysis(ctx, quick_uid, timeout_s=timeout_s)
     decision = align_decision(found, detector_rows=int(scan["rows"]))
     queued: list[str] = []
@@ -95,7 +94,7 @@ def suggest_scan(quick_uid: str, scan: dict, home: str | None = None,
     the queue (started unless ``start_queue`` is false) and is recorded."""
     from prefect import pause_flow_run
 
-    ctx = run_context(home)
+    ctx = flow_context(home)
     analysis_uid, found = wait_for_analysis(ctx, quick_uid, timeout_s=timeout_s)
     suggested = align_decision(found, detector_rows=int(scan["rows"]))
     if not suggested.acts:
@@ -149,7 +148,7 @@ def stop_when_converged(uid: str, home: str | None = None, timeout_s: float = 90
     from tomopipe.tasks.analysis.decisions import stop_decision
     from tomopipe.tasks.storage.live_views import read_live_attrs
 
-    ctx = run_context(home)
+    ctx = flow_context(home)
     rules = {k: v for k, v in (("threshold", threshold), ("patience", patience),
                                ("min_fraction", min_fraction)) if v is not None}
     updates: list[tuple[float, float | None]] = []

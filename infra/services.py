@@ -53,7 +53,7 @@ from pathlib import Path
 import httpx
 from tomopipe.infra import dask_service, processes, queue_server, redis_server, tiled_server
 from tomopipe.infra.processes import LOOPBACK
-from tomopipe.infra.state import clear_services, read_services, write_services
+from tomopipe.infra.state import STARTING_FILE, clear_services, read_services, write_services
 
 from tomopipe.config import Settings, configured_addresses, record_service_addresses
 from tomopipe.context import prefect_api_scope, run_context
@@ -65,7 +65,6 @@ SERIALIZER = "msgpack"  # the default of config.yaml's bus.serializer
 CORE_SERVICES = ("prefect", "dask", "worker", "zmq_proxy", "tiled", "bridge", "stream_starter")
 QUEUE_SERVICES = ("redis", "queue")  # with --with-queue
 SERVICES = CORE_SERVICES + QUEUE_SERVICES
-STARTING_FILE = "services.starting.json"  # pids of an `up` in progress
 
 # The worker is woken by the server's event stream when a run of its pool is scheduled
 # (infra/wakeup.py), so its polling is only a fallback: every 5 s rather than the 0.25 s that

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 STATE_FILE = "services.json"
+STARTING_FILE = "services.starting.json"  # pids of a `tomopipe up` in progress
 
 
 def state_path(home: Path) -> Path:
@@ -43,3 +44,16 @@ def write_services(home: Path, state: dict) -> None:
 
 def clear_services(home: Path) -> None:
     state_path(home).unlink(missing_ok=True)
+
+
+def wait_while_starting(home: Path, timeout_s: float, poll_s: float = 0.5) -> None:
+    """Return once no ``tomopipe up`` is starting this home's services: its state is written,
+    it gave up, or ``timeout_s`` passed. A flow run the worker takes while ``up`` is still
+    starting the rest (the worker starts early, and re-runs the runs a crash left) would
+    otherwise find no services and fail."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while (not state_path(home).exists() and (Path(home) / STARTING_FILE).exists()
+           and time.monotonic() < deadline):
+        time.sleep(poll_s)

@@ -105,6 +105,25 @@ def test_run_context_holds_settings_addresses_and_key(tmp_path):
         run_context(tmp_path)
 
 
+def test_a_flow_context_waits_for_an_up_that_is_starting_the_services(tmp_path):
+    """The worker starts before the other services and re-runs what a crash left: a flow run it
+    takes then waits for `tomopipe up` to write the services' state instead of failing with no
+    services; without an `up` in progress it does not wait."""
+    import threading
+
+    from tomopipe.infra.state import STARTING_FILE
+
+    assert not run_context(tmp_path, wait_for_up_s=30).running  # nothing starting: at once
+    (tmp_path / STARTING_FILE).write_text("{}")
+    timer = threading.Timer(0.5, write_services, (tmp_path, {"pids": {"tiled": 1}}))
+    timer.start()
+    ctx = run_context(tmp_path, wait_for_up_s=60)
+    timer.join()
+    assert ctx.running, "the context was read before the state was written"
+    (tmp_path / "services.json").unlink()
+    assert not run_context(tmp_path, wait_for_up_s=0.3).running  # an up that never finishes
+
+
 def test_one_place_decides_key_and_path_and_the_engine_agrees(tmp_path):
     """The flows publish where volume_location says, the engine writes the same key into the
     volume, and backfill's check from the run uid alone finds the same path."""

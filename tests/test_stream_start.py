@@ -207,3 +207,31 @@ def test_the_process_has_help_and_says_what_it_lacks(tmp_path):
     assert bare.returncode == 1
     lines = [line for line in bare.stderr.splitlines() if "ERROR" in line]
     assert len(lines) == 1 and str(home) in lines[0] and "no standing Dask scheduler" in lines[0]
+
+
+def test_a_fault_in_one_start_is_logged_and_the_starter_goes_on(tmp_path, caplog):
+    """A cluster that fails in an unexpected way (here: the client raises) costs that run its
+    early start, in one logged line; the starter keeps serving."""
+    home = tmp_path / "home"
+    settings = load_settings(home)
+    docs = Docs()
+    thread, errors = start_scan(settings, docs, size=32, rows=4, angles=40, fps=200,
+                                angle_order="golden")
+    thread.join()
+    assert not errors
+
+    def broken():
+        raise RuntimeError("the scheduler answered nonsense")
+
+    starter = Starter(home, broken)
+    for name, doc in docs.items:
+        if name != "stop":
+            starter.handle(name, doc)
+    starter.step()
+    uid = docs.items[0][1]["uid"]
+    assert starter.runs[uid].tried and starter.offered == 0
+    lines = [r.getMessage() for r in caplog.records if uid in r.getMessage()]
+    assert len(lines) == 1 and "RuntimeError: the scheduler answered nonsense" in lines[0]
+    starter.handle("stop", next(d for n, d in docs.items if n == "stop"))
+    starter.step()
+    assert uid not in starter.runs  # stopped, nothing offered: forgotten

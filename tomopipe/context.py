@@ -59,11 +59,15 @@ class RunContext:
         return value
 
 
-def run_context(home_dir: str | Path | None = None) -> RunContext:
-    """The context of ``home_dir`` (default ``$TOMOPIPE_HOME``)."""
-    from tomopipe.infra.state import read_services, state_path
+def run_context(home_dir: str | Path | None = None, *, wait_for_up_s: float = 0.0
+                ) -> RunContext:
+    """The context of ``home_dir`` (default ``$TOMOPIPE_HOME``). ``wait_for_up_s``: while a
+    ``tomopipe up`` is starting the services, wait this long for it (a flow run does)."""
+    from tomopipe.infra.state import read_services, state_path, wait_while_starting
 
     settings = load_settings(Path(home_dir) if home_dir else home())
+    if wait_for_up_s > 0:
+        wait_while_starting(settings.home, wait_for_up_s)
     state = read_services(settings.home) or {}
     configured = settings.services.model_dump(exclude_unset=True)
     # Addresses a production bootstrap recorded in the state file fill what is not configured.
