@@ -8,12 +8,8 @@ import json
 import math
 import numbers
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
 
 from tomopipe.errors import ConfigError
-
-if TYPE_CHECKING:
-    from tomopipe.config import Settings
 
 # The one list of each choice: the filters, stripe removal and normalisation import these.
 FILTERS = ("ramlak", "shepp", "cosine", "hann", "parzen")
@@ -138,8 +134,9 @@ def output_key(identity: str, params: ReconParams, code_version: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def recon_params(settings: Settings, overrides: dict | None = None) -> ReconParams:
-    """ReconParams from the home's defaults (settings.recon) and the flow's overrides."""
+def recon_params(settings, overrides: dict | None = None) -> ReconParams:
+    """ReconParams from the home's defaults (``settings.recon`` of a ``config.Settings``; the
+    science layer does not import the configuration) and the flow's overrides."""
     fields = {f.name for f in dataclasses.fields(ReconParams)}
     given = {**settings.recon, **{k: v for k, v in (overrides or {}).items() if v is not None}}
     unknown = set(given) - fields
