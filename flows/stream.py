@@ -43,6 +43,7 @@ def stream_scan(ctx: RunContext, uid: str, *, params: dict | None = None,
                "stream_largest_batch": timings["largest_batch"],
                "stream_started_by": result["started_by"],
                "stream_began_after_start_s": result["began_after_start_s"],
+               "stream_adoption": result["adoption"],
                **{k: result[k] for k in ("center_all_frames", "center_off_px") if k in result}}
     published = publish(ctx, uid, result.get("plan_name"), result, recon, figures)
     return {**published, "live_path": result["live_path"],

@@ -209,7 +209,7 @@ def _stream(client, catalog, uid: str, ctx: RunContext, terms, *, standing: bool
             if reason:
                 log.info("run %s is reconstructed at the stop: %s", uid, reason)
                 return {"streamed": False, "reason": reason}
-            how = "started by the flow"
+            how = "started by the flow: " + (how or "not on the home's standing cluster")
     adopted = how.startswith("adopted")
     log.info("run %s streams in %s (%s)", uid, stream_start.describe(run), how)
     artifact = create_progress_artifact(0.0, key=None,
@@ -245,7 +245,8 @@ def _stream(client, catalog, uid: str, ctx: RunContext, terms, *, standing: bool
     began = run.started - float(start.get("time", run.started))
     return {**result, "streamed": True, "live_path": str(run.live),
             "plan_name": start.get("plan_name"),
-            "started_by": "starter" if adopted else "flow", "began_after_start_s": began}
+            "started_by": "starter" if adopted else "flow", "began_after_start_s": began,
+            "adoption": how}
 
 
 def _check_center(result: dict, run, params, planned, n_frames: int, uid: str) -> None:

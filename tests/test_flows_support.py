@@ -7,6 +7,7 @@ fixture (tests/conftest.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -70,6 +71,24 @@ def _prepare(home: Path, state: dict) -> dict:
                 f"{api}/deployments/{d['id']}", json={"parameters": p}, timeout=30)
             ).raise_for_status()
     return state
+
+
+@contextlib.contextmanager
+def deployment_parameters(state: dict, name: str, params: dict):
+    """Deployment ``name`` (``flow/deployment``) with ``params`` for a block, then as it was
+    (other tests of the session make the flows reconstruct in-process: ``_prepare``)."""
+    api = state["prefect_api"]
+    dep = _retrying(lambda: httpx.get(f"{api}/deployments/name/{name}", timeout=30)).json()
+
+    def put(p):
+        _retrying(lambda: httpx.patch(f"{api}/deployments/{dep['id']}",
+                                      json={"parameters": p}, timeout=30)).raise_for_status()
+
+    put(params)
+    try:
+        yield
+    finally:
+        put(dep.get("parameters") or {})
 
 
 def _retrying(call, attempts: int = 5):

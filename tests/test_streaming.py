@@ -521,7 +521,7 @@ def test_live_flow_streams_a_golden_scan_and_runs_json_shows_it(services, servic
     """`tomopipe up` services: bus, bridge, Tiled, the Prefect deployment and the standing Dask
     cluster. The live flow streams the run; scripts see `live` while it runs, then the
     timeline."""
-    from test_flows_support import LIVE, artifacts_of, final_run
+    from test_flows_support import LIVE, artifacts_of, deployment_parameters, final_run
     from tomopipe.tasks import results_table
     from tomopipe.tasks.storage.live_views import live_path
     from tomopipe.tasks.storage.omezarr import read_provenance
@@ -541,20 +541,23 @@ def test_live_flow_streams_a_golden_scan_and_runs_json_shows_it(services, servic
         except Exception as exc:  # pragma: no cover - shown by the assertion below
             errors.append(exc)
 
-    thread = threading.Thread(target=scan, daemon=True)
-    thread.start()
-    while not docs.items and thread.is_alive():
-        time.sleep(0.05)
-    uid = docs.items[0][1]["uid"]
-    live_seen = []
-    while thread.is_alive():
-        entry = next((r for r in list_runs(home) if r["uid"] == uid), None)
-        if entry and entry["live"]:
-            live_seen.append(entry["live"])
-        time.sleep(0.5)
-    thread.join()
-    assert not errors
-    fr = final_run(state, LIVE, uid, 300)
+    # the deployment as registered (the home's standing cluster): other tests of the session
+    # make the flows reconstruct in-process
+    with deployment_parameters(state, "live-run/live", {}):
+        thread = threading.Thread(target=scan, daemon=True)
+        thread.start()
+        while not docs.items and thread.is_alive():
+            time.sleep(0.05)
+        uid = docs.items[0][1]["uid"]
+        live_seen = []
+        while thread.is_alive():
+            entry = next((r for r in list_runs(home) if r["uid"] == uid), None)
+            if entry and entry["live"]:
+                live_seen.append(entry["live"])
+            time.sleep(0.5)
+        thread.join()
+        assert not errors
+        fr = final_run(state, LIVE, uid, 300)
     assert fr["state_type"] == "COMPLETED", fr["state"]["message"]
     row = results_table.read_one(home, uid)
     out = Path(row["output"])
@@ -567,7 +570,7 @@ def test_live_flow_streams_a_golden_scan_and_runs_json_shows_it(services, servic
     assert details["center_off_px"] < 0.5, details
     # the stream starter began the blocks at the first frame, before the flow ran; the flow
     # adopted them
-    assert details["stream_started_by"] == "starter", details
+    assert details["stream_started_by"] == "starter", details["stream_adoption"]
     assert details["stream_began_after_start_s"] > 0
     # scripts saw the live reconstruction grow while the scan ran
     assert live_seen, "no live record while the run was running"
