@@ -171,37 +171,43 @@ def stream_run(uid: str, ctx: RunContext, params: ReconParams, out: str, *,
     standing = bool(ctx.running and scheduler and scheduler == ctx.services.dask_scheduler)
     terms = stream_start.Terms(params, str(out), positions)
     catalog = catalog_for(ctx)
+    claims: list = []  # what _stream claimed on the standing cluster
     with dask_client(scheduler=scheduler, workers=workers) as client:
         try:
-            return _stream(client, catalog, uid, ctx, terms, standing=standing, poll_s=poll_s,
-                           idle_timeout_s=idle_timeout_s, ui_every_s=ui_every_s)
+            return _stream(client, catalog, uid, ctx, terms, claims if standing else None,
+                           poll_s=poll_s, idle_timeout_s=idle_timeout_s, ui_every_s=ui_every_s)
         finally:
-            if standing:
+            if any(c.owned for c in claims):  # not another flow's run of the same uid
                 stream_start.release(client, uid)
 
 
-def _stream(client, catalog, uid: str, ctx: RunContext, terms, *, standing: bool,
+def _stream(client, catalog, uid: str, ctx: RunContext, terms, claims: list | None, *,
             poll_s: float, idle_timeout_s: float, ui_every_s: float) -> dict:
+    """``claims``: on the home's standing cluster, a list to put the stream starter's offers
+    claimed in (None elsewhere)."""
     from tomopipe.tasks.recon import stream_start, streaming
     from tomopipe.tasks.recon_tasks import record_state
 
     log = get_run_logger()
     params = terms.params
-    run, how = stream_start.claim(client, uid, terms, mark_own=False) if standing \
-        else (None, "")
+
+    def claim(mark_own: bool):
+        if claims is None:
+            return None, ""
+        claims.append(stream_start.claim(client, uid, terms, mark_own=mark_own))
+        if claims[-1].offered and claims[-1].run is None:  # aborted: other terms
+            log.info("run %s: %s", uid, claims[-1].how)
+        return claims[-1].run, claims[-1].how
+
+    run, how = claim(mark_own=False)
     if run is not None:
         start = _start_document(catalog, uid, poll_s, idle_timeout_s)
     else:
-        if how.startswith("aborted"):
-            log.info("run %s: %s", uid, how)
         start, stop, spec = _wait_for_projections(catalog, uid, ctx, poll_s, idle_timeout_s)
         if spec is None:
             return {"streamed": False, "reason": "the run stopped before its first projection",
                     "stop": stop}
-        if standing:  # the starter may have offered one meanwhile
-            run, how = stream_start.claim(client, uid, terms)
-            if run is None and how.startswith("aborted"):
-                log.info("run %s: %s", uid, how)
+        run, how = claim(mark_own=True)  # the starter may have offered one meanwhile
         if run is None:
             run, reason = stream_start.start_stream(client, spec, start, params, terms.out,
                                                     positions=terms.positions,
@@ -210,7 +216,7 @@ def _stream(client, catalog, uid: str, ctx: RunContext, terms, *, standing: bool
                 log.info("run %s is reconstructed at the stop: %s", uid, reason)
                 return {"streamed": False, "reason": reason}
             how = "started by the flow: " + (how or "not on the home's standing cluster")
-    adopted = how.startswith("adopted")
+    adopted = bool(claims) and claims[-1].run is run
     log.info("run %s streams in %s (%s)", uid, stream_start.describe(run), how)
     artifact = create_progress_artifact(0.0, key=None,
                                         description=f"live reconstruction of run {uid}")

@@ -16,8 +16,10 @@ from test_streaming import Docs, start_scan
 from tomopipe.deployments.stream_starter import Starter, serve_once
 from tomopipe.tasks.recon import stream_start
 from tomopipe.tasks.recon.params import recon_params
+from tomopipe.tasks.storage.live_views import live_path
 from tomopipe.tasks.storage.location import volume_location
 from tomopipe.tasks.storage.omezarr import is_complete, read_provenance
+from tomopipe.tasks.storage.publish import partial_path
 
 from tomopipe.config import load_settings
 
@@ -77,11 +79,10 @@ def test_the_starter_streams_from_the_first_frame_and_the_flow_adopts_it(tmp_pat
     serve_until(starter, inbox, lambda: starter.offered == 1)
     uid = docs.items[0][1]["uid"]
     assert stream_start.owner(dask_client, uid) == stream_start.STARTER
-    # the blocks began at the first frames: most of the scan is still to come
-    frames_announced = sum(1 for n, _ in docs.items if n == "stream_datum")
-    assert frames_announced < 100
-    run, how = stream_start.claim(dask_client, uid, flow_terms(settings, uid))
-    assert run is not None and how.startswith("adopted"), how
+    # the blocks began while the scan ran (the starter had not seen its stop)
+    assert starter.runs[uid].stopped is None
+    run, how, owned, offered = stream_start.claim(dask_client, uid, flow_terms(settings, uid))
+    assert run is not None and how.startswith("adopted") and owned and offered, how
     assert stream_start.owner(dask_client, uid) == stream_start.FLOW
     thread.join()
     assert not errors
@@ -106,12 +107,15 @@ def test_a_flow_that_asks_for_other_parameters_aborts_the_offer(tmp_path, dask_c
     settings, starter, inbox, docs, thread, errors = scan_with_starter(tmp_path, dask_client)
     serve_until(starter, inbox, lambda: starter.offered == 1)
     uid = docs.items[0][1]["uid"]
-    offered = volume_location(settings.output_root, uid, recon_params(settings)).path
-    run, how = stream_start.claim(dask_client, uid, flow_terms(settings, uid, center=16.5))
+    offered_out = volume_location(settings.output_root, uid, recon_params(settings)).path
+    assert live_path(offered_out).exists()
+    run, how, owned, offered = stream_start.claim(dask_client, uid,
+                                                  flow_terms(settings, uid, center=16.5))
     assert run is None
     assert how.startswith("aborted") and "parameters differ (center)" in how, how
     # the offer's partial volume and live views are gone; the run is the flow's now
-    assert not offered.exists() and not offered.with_name(offered.name + ".partial").exists()
+    assert owned and offered
+    assert not partial_path(offered_out).exists() and not live_path(offered_out).exists()
     assert stream_start.owner(dask_client, uid) == stream_start.FLOW
     thread.join()
     assert not errors
@@ -126,8 +130,11 @@ def test_a_flow_first_keeps_the_starter_out(tmp_path, dask_client):
     while not docs.items:
         time.sleep(0.01)
     uid = docs.items[0][1]["uid"]
-    run, how = stream_start.claim(dask_client, uid, flow_terms(settings, uid))
-    assert run is None and "no stream was started" in how
+    run, how, owned, offered = stream_start.claim(dask_client, uid, flow_terms(settings, uid))
+    assert run is None and "no stream was started" in how and owned and not offered
+    # a second flow run of the same run (a re-run) owns nothing, so releases nothing
+    again = stream_start.claim(dask_client, uid, flow_terms(settings, uid))
+    assert again.run is None and not again.owned and "another flow's" in again.how
     serve_until(starter, inbox, lambda: starter.runs.get(uid) is not None
                 and starter.runs[uid].tried)
     assert starter.offered == 0
@@ -143,7 +150,7 @@ def test_an_offer_no_flow_takes_is_aborted_after_the_grace(tmp_path, dask_client
     serve_until(starter, inbox, lambda: starter.offered == 1)
     uid = docs.items[0][1]["uid"]
     out = volume_location(settings.output_root, uid, recon_params(settings)).path
-    assert out.with_name(out.name + ".partial").exists() or out.with_suffix(".live.zarr")
+    assert live_path(out).exists()  # the offer's live views, growing
     thread.join()
     assert not errors
     serve_until(starter, inbox, lambda: uid not in starter.runs, timeout=starter.grace_s + 60)
@@ -152,7 +159,7 @@ def test_an_offer_no_flow_takes_is_aborted_after_the_grace(tmp_path, dask_client
     # the blocks let their workers go
     assert dask_client.submit(sum, [1, 2], pure=False).result(timeout=30) == 3
     # a flow that comes later finds no offer and streams (or reconstructs) on its own
-    run, how = stream_start.claim(dask_client, uid, flow_terms(settings, uid))
+    run, how, owned, offered = stream_start.claim(dask_client, uid, flow_terms(settings, uid))
     assert run is None and "no stream was started" in how
     stream_start.release(dask_client, uid)
 

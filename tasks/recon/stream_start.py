@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from pathlib import Path
+from typing import NamedTuple
 
 from tomopipe.tasks.recon import streaming
 from tomopipe.tasks.recon.params import ReconParams
@@ -181,27 +182,37 @@ def offer(client, uid: str, begin, terms: Terms) -> streaming.StreamRun | None:
         return run
 
 
-def claim(client, uid: str, terms: Terms, *, mark_own: bool = True
-          ) -> tuple[streaming.StreamRun | None, str]:
-    """The flow's side: (the offered stream, adopted), or (None, why not). Without an offer,
-    ``mark_own`` makes the run the flow's own, so the starter offers none later; an offer
-    started on other terms is aborted (the flow starts its own)."""
+class Claim(NamedTuple):
+    """What the flow's ``claim`` got."""
+
+    run: streaming.StreamRun | None  # the offered stream, adopted
+    how: str  # adopted, or why not
+    owned: bool  # the run's stream is this flow's now (``release`` it at the end)
+    offered: bool  # there was an offer (adopted, or aborted: other terms)
+
+
+def claim(client, uid: str, terms: Terms, *, mark_own: bool = True) -> Claim:
+    """The flow's side: take the starter's offer when it was started on ``terms``; an offer
+    started on others is aborted (the flow starts its own). Without an offer, ``mark_own``
+    makes the run the flow's own, so the starter offers none later."""
     owner_key, run_key = _names(uid)
     with _owning(client, uid):
         who = owner(client, uid)
         if who != STARTER:
-            if who is None and mark_own:
+            mine = who is None and mark_own
+            if mine:
                 client.publish_dataset(FLOW, name=owner_key)
-            return None, ("no stream was started at the run's first frame" if who is None
-                          else "the run's stream is another flow's")
+            return Claim(None, "no stream was started at the run's first frame" if who is None
+                         else "the run's stream is another flow's", mine, False)
         offered = client.get_dataset(run_key)
         client.publish_dataset(FLOW, name=owner_key, override=True)
     run = dataclasses.replace(offered["run"], futures=offered["futures"])
     why = offered["terms"].differ(terms)
     if why:
         run.abort(f"not the live flow's: {why}")
-        return None, f"aborted the stream started at the run's first frame: {why}"
-    return run, "adopted the stream started at the run's first frame"
+        return Claim(None, f"aborted the stream started at the run's first frame: {why}", True,
+                     True)
+    return Claim(run, "adopted the stream started at the run's first frame", True, True)
 
 
 def abandon(client, uid: str, reason: str) -> bool:
@@ -220,7 +231,8 @@ def abandon(client, uid: str, reason: str) -> bool:
 
 
 def release(client, uid: str) -> None:
-    """The flow's side, once its stream is over (published, failed or discarded)."""
+    """The flow's side, once the stream of a run it owns (``Claim.owned``) is over (published,
+    failed or discarded)."""
     for key in _names(uid)[::-1]:
         with contextlib.suppress(KeyError):
             client.unpublish_dataset(key)
